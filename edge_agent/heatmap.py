@@ -1,0 +1,32 @@
+"""Heatmap overlays: anomaly map in colour over the image, optional outlines of masks."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def render_heatmap(
+    image_rgb: np.ndarray,
+    anomaly_map: np.ndarray,
+    low: float,
+    high: float,
+    truth_mask: np.ndarray | None = None,
+    predicted_mask: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """BGR uint8 overlay: map scaled so ``low`` is blue and ``high`` red; truth outlined green, prediction white."""
+    h, w = image_rgb.shape[:2]
+    amap = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    scaled = np.clip((amap - low) / max(high - low, 1e-12), 0.0, 1.0)
+    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    base = image_rgb if image_rgb.shape[2] == 3 else np.repeat(image_rgb, 3, axis=2)
+    base_bgr = cv2.cvtColor(np.ascontiguousarray(base), cv2.COLOR_RGB2BGR)
+    out = cv2.addWeighted(base_bgr, 1 - alpha, colour, alpha, 0.0)
+    for mask, bgr in ((predicted_mask, (255, 255, 255)), (truth_mask, (0, 255, 0))):
+        if mask is None or not mask.any():
+            continue
+        resized = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(resized, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, bgr, max(1, w // 256))
+    return out

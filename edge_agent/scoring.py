@@ -1,0 +1,168 @@
+"""Score maths in float32, outside any int8 graph: patch distances, SSIM/MSE maps, thresholds.
+
+Shared by training (fitting), export (re-fitting on int8 scores) and the edge agent (scoring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def patch_embedding(feature_maps: list[np.ndarray], pool: int = 3) -> np.ndarray:
+    """Combine backbone feature maps (each HxWxC, finest first) into (H*W, sum C) float32 patches.
+
+    Each map is locally averaged over ``pool`` x ``pool`` neighbours (PatchCore's neighbourhood
+    aggregation) and resized to the grid of the first (finest) map before concatenation.
+    """
+    height, width = feature_maps[0].shape[:2]
+    parts = []
+    for fmap in feature_maps:
+        fmap = np.asarray(fmap, np.float32)
+        if pool > 1:
+            fmap = _blur_channels(fmap, pool)
+        if fmap.shape[:2] != (height, width):
+            fmap = _resize_channels(fmap, width, height)
+        parts.append(fmap.reshape(height * width, -1))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+def _blur_channels(fmap: np.ndarray, pool: int) -> np.ndarray:
+    """Box filter per channel, in chunks of at most 512 channels (OpenCV's limit)."""
+    chunks = [
+        cv2.blur(fmap[:, :, i : i + 512], (pool, pool), borderType=cv2.BORDER_REFLECT_101)
+        for i in range(0, fmap.shape[2], 512)
+    ]
+    out = np.concatenate([c if c.ndim == 3 else c[:, :, None] for c in chunks], axis=2)
+    return out
+
+
+def _resize_channels(fmap: np.ndarray, width: int, height: int) -> np.ndarray:
+    chunks = [
+        cv2.resize(fmap[:, :, i : i + 512], (width, height), interpolation=cv2.INTER_LINEAR)
+        for i in range(0, fmap.shape[2], 512)
+    ]
+    return np.concatenate([c if c.ndim == 3 else c[:, :, None] for c in chunks], axis=2)
+
+
+class NearestNeighbourIndex:
+    """Exact nearest-neighbour distances from query patches to a float32 memory bank (L2)."""
+
+    def __init__(self, bank: np.ndarray) -> None:
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.bank_t = np.ascontiguousarray(self.bank.T)
+        self.bank_sq = np.einsum("ij,ij->i", self.bank, self.bank).astype(np.float32)
+
+    def distances(self, queries: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """L2 distance of each query row to its nearest bank row."""
+        queries = np.asarray(queries, np.float32)
+        out = np.empty(len(queries), np.float32)
+        for start in range(0, len(queries), chunk):
+            q = queries[start : start + chunk]
+            d2 = q @ self.bank_t
+            d2 *= -2.0
+            d2 += self.bank_sq[None, :]
+            best = d2.min(axis=1) + np.einsum("ij,ij->i", q, q)
+            out[start : start + chunk] = np.sqrt(np.maximum(best, 0.0))
+        return out
+
+
+def distance_map(distances: np.ndarray, grid: tuple[int, int], out_size: int, sigma: float) -> np.ndarray:
+    """Patch distances on their grid, upsampled to out_size x out_size and Gaussian-smoothed."""
+    grid_map = distances.reshape(grid).astype(np.float32)
+    full = cv2.resize(grid_map, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
+    return gaussian_smooth(full, sigma)
+
+
+def gaussian_smooth(anomaly_map: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with a kernel of 4 sigma each side; sigma 0 returns the map unchanged."""
+    if sigma <= 0:
+        return anomaly_map.astype(np.float32)
+    ksize = int(2 * round(4 * sigma) + 1)
+    return cv2.GaussianBlur(anomaly_map.astype(np.float32), (ksize, ksize), sigma)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """Per-pixel SSIM (Gaussian window 11, sigma 1.5) of two HxWxC float images, averaged over C."""
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        out = cv2.GaussianBlur(x, (11, 11), 1.5)
+        return out if out.ndim == 3 else out[:, :, None]
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return (num / den).mean(axis=2).astype(np.float32)
+
+
+def reconstruction_map(original: np.ndarray, recon: np.ndarray, ssim_weight: float) -> np.ndarray:
+    """Autoencoder anomaly map: (1-w) * squared error + w * (1 - SSIM), both per pixel, float32."""
+    mse = ((original.astype(np.float32) - recon.astype(np.float32)) ** 2).mean(axis=2)
+    dssim = 1.0 - ssim_map(original, recon)
+    return ((1 - ssim_weight) * mse + ssim_weight * dssim).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Threshold and score normalisation fitted on normal validation images.
+
+    normalised = 0.5 * (score - center) / (threshold - center), clipped to [0, 1]: the validation
+    median maps to 0, the threshold to 0.5.
+    """
+
+    threshold: float
+    center: float
+    pixel_threshold: float
+    method: str
+    n_validation: int
+
+    def normalise(self, scores: np.ndarray | float) -> np.ndarray:
+        """Map raw scores to [0, 1] with the threshold at 0.5."""
+        span = max(self.threshold - self.center, 1e-12)
+        return np.clip(0.5 * (np.asarray(scores, np.float32) - self.center) / span, 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Inverse of :meth:`to_dict`."""
+        keys = ("threshold", "center", "pixel_threshold", "method", "n_validation")
+        return cls(**{k: data[k] for k in keys})
+
+
+def fit_calibration(
+    val_scores: np.ndarray,
+    val_maps: np.ndarray | None,
+    method: str = "mean_std",
+    k: float = 3.0,
+    quantile: float = 0.99,
+    pixel_quantile: float = 0.999,
+) -> Calibration:
+    """Fit the image threshold (and a pixel threshold) on scores of normal validation images.
+
+    The threshold never collapses to the minimum score: it is at least the largest validation
+    score's ``quantile`` and strictly above the median, with a floor margin when all scores are equal.
+    """
+    scores = np.asarray(val_scores, np.float64)
+    if scores.size == 0:
+        msg = "cannot fit a threshold without validation scores"
+        raise ValueError(msg)
+    center = float(np.median(scores))
+    spread = float(scores.std()) or max(abs(center) * 0.05, 1e-6)
+    upper = float(np.quantile(scores, quantile))
+    threshold = float(scores.mean()) + k * spread if method == "mean_std" else upper
+    threshold = max(threshold, upper, center + 0.5 * spread)
+    pixel_threshold = float(np.quantile(val_maps, pixel_quantile)) if val_maps is not None else threshold
+    return Calibration(float(threshold), center, pixel_threshold, method, int(scores.size))

@@ -1,0 +1,118 @@
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.errors import ImageDecodeError
+from edge_agent.preprocess import (
+    MAX_SIDE,
+    PreprocessSpec,
+    decode_image,
+    normalise,
+    prepare,
+    read_image,
+    resize,
+    resize_mask,
+)
+
+
+def test_reads_real_png_as_rgb(fixture_images):
+    image = read_image(fixture_images / "bottle_good_000.png")
+    bgr = cv2.imread(str(fixture_images / "bottle_good_000.png"))
+    assert image.dtype == np.uint8 and image.shape == (128, 128, 3)
+    np.testing.assert_array_equal(image, bgr[:, :, ::-1])
+
+
+def test_gray_and_rgb_inputs_both_accepted(fixture_images):
+    rgb = read_image(fixture_images / "casting_ok.jpeg")
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    for spec in (PreprocessSpec(64, "rgb"), PreprocessSpec(64, "gray")):
+        a, b = prepare(rgb, spec), prepare(gray, spec)
+        assert a.shape == b.shape == (64, 64, spec.channels)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("policy", ["stretch", "center_crop", "letterbox"])
+def test_resize_policies_keep_mask_aligned(policy, fixture_images):
+    image = read_image(fixture_images / "tire_good_000.png")  # 75 x 100, portrait
+    out = resize(image, 32, policy)
+    assert out.shape == (32, 32, 3)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[40:60, 30:50] = 255
+    resized = resize_mask(mask, 32, policy)
+    marked = image.copy()
+    marked[mask > 0] = (255, 0, 255)
+    diff = np.abs(resize(marked, 32, policy).astype(int) - out.astype(int)).sum(axis=2) > 60
+    assert resized.sum() > 0
+    assert (diff & resized).sum() >= 0.6 * resized.sum()
+
+
+def test_letterbox_pads_with_black(fixture_images):
+    image = read_image(fixture_images / "tire_good_000.png")
+    out = resize(image, 40, "letterbox")
+    assert out[:, :3].max() == 0 and out[:, -3:].max() == 0
+
+
+def test_normalisation_is_affine_without_guessing():
+    spec = PreprocessSpec(4, offset=127.0, scale=128.0)
+    batch = np.array([[[[0, 127, 255]]]], np.uint8)
+    np.testing.assert_allclose(normalise(batch, spec), [[[[-127 / 128, 0.0, 1.0]]]])
+    assert normalise(np.ones((1, 1, 1, 3), np.uint8), PreprocessSpec(4)).max() == pytest.approx(1 / 255)
+
+
+def test_sixteen_bit_alpha_and_palette(tmp_path):
+    deep = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    out = read_image(tmp_path / "deep.png")
+    assert out.dtype == np.uint8 and out.shape == (64, 64, 3)
+    np.testing.assert_array_equal(out[:, :, 0], (deep >> 8).astype(np.uint8))
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 2] = 200
+    cv2.imwrite(str(tmp_path / "alpha.png"), rgba)
+    assert read_image(tmp_path / "alpha.png")[0, 0].tolist() == [200, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not a decodable image"),
+        (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "not a decodable image"),
+    ],
+)
+def test_bad_bytes_give_clear_errors(payload, reason):
+    with pytest.raises(ImageDecodeError, match=reason) as err:
+        decode_image(payload, "cam1/frame.png")
+    assert "cam1/frame.png" in str(err.value)
+
+
+def test_truncated_png_and_jpeg_are_rejected(fixture_images, tmp_path):
+    for name in ("bottle_good_000.png", "casting_ok.jpeg"):
+        data = (fixture_images / name).read_bytes()
+        bad = tmp_path / name
+        bad.write_bytes(data[: len(data) // 3])
+        try:
+            image = read_image(bad)
+        except ImageDecodeError as err:
+            assert name in str(err)
+        else:  # libjpeg may decode a truncated JPEG partly (grey fill); it must still be a full image
+            assert image.shape[2] == 3
+
+
+def test_decompression_bomb_header_is_refused(fixture_images):
+    data = bytearray((fixture_images / "bottle_good_000.png").read_bytes())
+    data[16:20] = (20000).to_bytes(4, "big")
+    data[20:24] = (20000).to_bytes(4, "big")
+    with pytest.raises(ImageDecodeError, match=f"exceeds the {MAX_SIDE} px limit"):
+        decode_image(bytes(data), "bomb.png")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ImageDecodeError, match="nope.png: cannot read file"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_spec_round_trips_through_dict():
+    spec = PreprocessSpec(96, "gray", "letterbox", 127.0, 128.0)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(TypeError):
+        PreprocessSpec.from_dict({**spec.to_dict(), "mystery": 1})

@@ -1,0 +1,85 @@
+"""Command line: ``python -m training.cli describe|train|evaluate --config configs/datasets/bottle.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edge_agent.errors import LinewatchError
+from training.config import TrainConfig, load_train_config
+from training.data import load_dataset
+
+log = logging.getLogger("training")
+MODELS = ("patchcore", "autoencoder", "classifier")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linewatch-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("describe", "print the data set's statistics"),
+        ("train", "train, calibrate and evaluate models; print the metrics table"),
+        ("evaluate", "print the metrics table of trained model folders"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", required=True, type=Path, help="training YAML (configs/datasets/*.yaml)")
+        cmd.add_argument("--out", type=Path, default=None, help="run folder (default <output_dir>/<dataset>)")
+        cmd.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+    return parser
+
+
+def _run_dir(cfg: TrainConfig, out: Path | None) -> Path:
+    return out if out is not None else Path(cfg.output_dir) / cfg.dataset.name
+
+
+def train(cfg: TrainConfig, run_dir: Path, models: list[str]) -> dict[str, dict]:
+    """Train the requested models; each gets a folder under ``run_dir``; returns their metrics."""
+    from training.train_anomaly import train_autoencoder, train_patchcore
+
+    splits = load_dataset(cfg.dataset)
+    results: dict[str, dict] = {}
+    if "patchcore" in models and cfg.patchcore.enabled:
+        results["patchcore"] = train_patchcore(splits, cfg, run_dir / "patchcore")
+    if "autoencoder" in models and cfg.autoencoder.enabled:
+        results["autoencoder"] = train_autoencoder(splits, cfg, run_dir / "autoencoder")
+    if "classifier" in models and cfg.classifier.enabled:
+        from training.train_classifier import train_and_save
+
+        for kind in ("transfer", "custom"):
+            results[f"classifier-{kind}"] = train_and_save(kind, splits, cfg.classifier, run_dir / f"classifier-{kind}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    logging.basicConfig(level=os.environ.get("LINEWATCH_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_train_config(args.config)
+        run_dir = _run_dir(cfg, args.out)
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown:
+            print(f"error: unknown model(s) {unknown}; choose from {list(MODELS)}", file=sys.stderr)
+            return 2
+        if args.command == "describe":
+            from training.describe import describe
+
+            print(describe(load_dataset(cfg.dataset)))
+            return 0
+        if args.command == "train":
+            train(cfg, run_dir, models)
+        from training.report import markdown_table, read_run
+
+        print(markdown_table(cfg.dataset.name, read_run(run_dir)))
+    except (LinewatchError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

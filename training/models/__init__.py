@@ -1,0 +1,1 @@
+"""Model definitions (pure Keras or numpy), apart from training loops."""

@@ -1,0 +1,110 @@
+"""PatchCore-style feature scorer: a coreset memory bank of normal patch features on a pretrained backbone.
+
+The backbone (a Keras model, later an int8 TFLite graph) produces feature maps; everything after it
+(neighbourhood pooling, nearest-neighbour distance, map smoothing) is float32 numpy in
+``edge_agent.scoring``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.preprocess import PreprocessSpec, normalise
+from edge_agent.scoring import NearestNeighbourIndex, distance_map, patch_embedding
+
+log = logging.getLogger(__name__)
+
+FeatureFn = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def greedy_coreset(features: np.ndarray, n_select: int, projection_dim: int | None = 128, seed: int = 0) -> np.ndarray:
+    """Indices of a greedy k-center coreset (PatchCore), computed on a random projection of the rows."""
+    n = len(features)
+    if n_select >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    reduced = features
+    if projection_dim is not None and features.shape[1] > projection_dim:
+        proj = rng.standard_normal((features.shape[1], projection_dim)).astype(np.float32)
+        reduced = features @ (proj / np.sqrt(projection_dim))
+    reduced = np.ascontiguousarray(reduced, np.float32)
+    sq = np.einsum("ij,ij->i", reduced, reduced)
+    selected = np.empty(n_select, np.int64)
+    selected[0] = rng.integers(n)
+    min_d2 = np.full(n, np.inf, np.float32)
+    for i in range(1, n_select + 1):
+        centre = reduced[selected[i - 1]]
+        d2 = sq - 2.0 * (reduced @ centre) + sq[selected[i - 1]]
+        np.minimum(min_d2, d2, out=min_d2)
+        if i < n_select:
+            selected[i] = int(np.argmax(min_d2))
+    return selected
+
+
+class PatchCoreScorer:
+    """Fit a memory bank on normal images and score new ones (score = max of the smoothed map)."""
+
+    def __init__(
+        self,
+        features: FeatureFn,
+        spec: PreprocessSpec,
+        blur_sigma: float = 4.0,
+        pool: int = 3,
+    ) -> None:
+        self.features = features
+        self.spec = spec
+        self.blur_sigma = blur_sigma
+        self.pool = pool
+        self.index: NearestNeighbourIndex | None = None
+        self.grid: tuple[int, int] | None = None
+
+    def embed(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Patch embeddings (N, P, D) of prepared uint8 images."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = normalise(images[start : start + batch_size], self.spec)
+            maps = self.features(batch)
+            for j in range(len(batch)):
+                per_image = [m[j] for m in maps]
+                self.grid = per_image[0].shape[:2]
+                out.append(patch_embedding(per_image, self.pool))
+        return np.stack(out)
+
+    def fit(
+        self, images: np.ndarray, coreset_ratio: float, max_bank: int, projection_dim: int | None, seed: int = 0
+    ) -> np.ndarray:
+        """Build the memory bank from normal training images; returns the bank (M, D) float32."""
+        embedded = self.embed(images)
+        patches = embedded.reshape(-1, embedded.shape[-1])
+        n_select = min(max(1, round(coreset_ratio * len(patches))), max_bank)
+        log.info("coreset: %d of %d patches (dim %d)", n_select, len(patches), patches.shape[1])
+        bank = patches[greedy_coreset(patches, n_select, projection_dim or 128, seed)]
+        self.set_bank(bank)
+        return bank
+
+    def set_bank(self, bank: np.ndarray) -> None:
+        """Use ``bank`` as the memory bank."""
+        self.index = NearestNeighbourIndex(bank)
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores (N,) and anomaly maps (N, size, size) in float32."""
+        if self.index is None:
+            msg = "PatchCoreScorer.score called before fit or set_bank"
+            raise RuntimeError(msg)
+        patches = self.embed(images)
+        assert self.grid is not None
+        maps = np.stack(
+            [distance_map(self.index.distances(p), self.grid, self.spec.size, self.blur_sigma) for p in patches]
+        )
+        return maps.reshape(len(maps), -1).max(axis=1), maps
+
+    def save_bank(self, folder: Path) -> Path:
+        """Write the memory bank as float32 ``memory_bank.npy``."""
+        assert self.index is not None
+        path = folder / "memory_bank.npy"
+        np.save(path, self.index.bank)
+        return path

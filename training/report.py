@@ -1,0 +1,47 @@
+"""Markdown tables of model metrics, read back from model folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    ("image_auroc", "image AUROC", "{:.3f}"),
+    ("image_f1", "F1@thr", "{:.3f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+    ("pixel_auroc", "pixel AUROC", "{:.3f}"),
+    ("pro", "PRO@0.3", "{:.3f}"),
+    ("iou", "IoU", "{:.3f}"),
+    ("dice", "Dice", "{:.3f}"),
+    ("confusion_matrix", "confusion [[TN,FP],[FN,TP]]", "{}"),
+    ("macro_f1", "macro F1 (CV)", "{:.3f}"),
+    ("resolution", "px", "{}"),
+    ("train_seconds", "train s", "{:.0f}"),
+    ("peak_rss_mb", "peak MiB", "{:.0f}"),
+]
+
+
+def read_run(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Metrics of every model folder in ``run_dir`` (folder name -> metrics.json)."""
+    out = {}
+    for metrics_file in sorted(run_dir.glob("*/metrics.json")):
+        out[metrics_file.parent.name] = json.loads(metrics_file.read_text(encoding="utf-8"))
+    if not out:
+        msg = f"no model folders with metrics.json under {run_dir}"
+        raise FileNotFoundError(msg)
+    return out
+
+
+def markdown_table(dataset: str, results: dict[str, dict[str, Any]]) -> str:
+    """One Markdown table: a row per model, a column per metric ('-' where it does not apply)."""
+    header = "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [f"### {dataset}", "", header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for model, metrics in results.items():
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = metrics.get(key)
+            cells.append("-" if value is None else fmt.format(value))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
