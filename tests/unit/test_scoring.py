@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from edge_agent.preprocess import PreprocessSpec, load_prepared
+from edge_agent.scoring import (
+    Calibration,
+    NearestNeighbourIndex,
+    distance_map,
+    fit_calibration,
+    patch_embedding,
+    reconstruction_map,
+    ssim_map,
+)
+from training.models.patchcore import greedy_coreset
+
+
+def test_nearest_neighbour_matches_brute_force():
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((300, 24)).astype(np.float32)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    brute = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(1)
+    got = NearestNeighbourIndex(bank).distances(queries, chunk=7)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
+    assert NearestNeighbourIndex(bank).distances(bank[:5]).max() < 1e-2
+
+
+def test_patch_embedding_upsamples_coarse_maps():
+    fine = np.ones((8, 8, 4), np.float32)
+    coarse = np.arange(16 * 6, dtype=np.float32).reshape(4, 4, 6)
+    patches = patch_embedding([fine, coarse], pool=3)
+    assert patches.shape == (64, 10)
+    np.testing.assert_allclose(patches[:, :4], 1.0)
+
+
+def test_distance_map_has_output_size_and_peak_at_defect():
+    distances = np.zeros(16 * 16, np.float32)
+    distances[5 * 16 + 10] = 1.0
+    amap = distance_map(distances, (16, 16), 64, sigma=2.0)
+    assert amap.shape == (64, 64)
+    y, x = np.unravel_index(amap.argmax(), amap.shape)
+    assert abs(y - 22) <= 3 and abs(x - 42) <= 3
+
+
+def test_ssim_and_reconstruction_map_on_real_image(fixture_images):
+    image = load_prepared(fixture_images / "bottle_good_000.png", PreprocessSpec(64)).astype(np.float32) / 255
+    np.testing.assert_allclose(ssim_map(image, image), 1.0, atol=1e-5)
+    assert reconstruction_map(image, image, 0.5).max() < 1e-5
+    damaged = image.copy()
+    damaged[20:30, 20:30] = 0.0
+    rmap = reconstruction_map(image, damaged, 0.5)
+    assert rmap[22:28, 22:28].mean() > 10 * rmap[45:60, 45:60].mean()
+
+
+def test_calibration_never_collapses_to_the_minimum():
+    scores = np.array([1.0, 1.1, 1.2, 1.3, 5.0])
+    cal = fit_calibration(scores, None, "mean_std", k=3.0)
+    assert cal.threshold >= np.quantile(scores, 0.99)
+    same = fit_calibration(np.full(10, 2.0), None)
+    assert same.threshold > 2.0
+    q = fit_calibration(scores, None, "quantile", quantile=0.9)
+    assert q.threshold > q.center
+    assert float(q.normalise(q.threshold)) == pytest.approx(0.5)
+    assert float(q.normalise(q.center)) == 0.0
+
+
+def test_calibration_pixel_threshold_and_round_trip():
+    maps = np.random.default_rng(0).random((4, 8, 8))
+    cal = fit_calibration(np.array([1.0, 2.0, 3.0]), maps, pixel_quantile=0.99)
+    assert cal.pixel_threshold == pytest.approx(np.quantile(maps, 0.99))
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    with pytest.raises(ValueError, match="without validation scores"):
+        fit_calibration(np.array([]), None)
+
+
+def test_greedy_coreset_covers_clusters():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0], [50, 0], [0, 50], [50, 50]], np.float32)
+    points = np.concatenate([c + rng.standard_normal((200, 2)).astype(np.float32) for c in centres])
+    chosen = points[greedy_coreset(points, 4, projection_dim=None)]
+    nearest_centre = np.argmin(((chosen[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]
+    assert len(set(greedy_coreset(points, 50).tolist())) == 50
