@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.scoring import Calibration, fit_calibration, gaussian_smooth, reconstruction_map
@@ -26,6 +28,17 @@ AE_BLUR_SIGMA = 2.0
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def keras_forward(model: keras.Model) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Compiled inference of a Keras model: float32 batch in, list of numpy outputs out."""
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        out = forward(tf.constant(x, tf.float32))
+        return [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
+
+    return run
 
 
 class AugmentedImages(keras.utils.PyDataset):
@@ -116,10 +129,8 @@ def train_autoencoder(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> 
     model.save(folder / "model.keras")
     (folder / "best.keras").unlink(missing_ok=True)
 
-    def reconstruct(x: np.ndarray) -> np.ndarray:
-        return model(x, training=False)
-
-    scorer = AutoencoderScorer(reconstruct, spec, ae.ssim_weight)
+    forward = keras_forward(model)
+    scorer = AutoencoderScorer(lambda x: forward(x)[0], spec, ae.ssim_weight)
     calibration, result = _calibrate_and_evaluate(scorer, splits, spec, cfg, folder)
     result.update(
         model="autoencoder",
@@ -153,11 +164,7 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
     backbone, (offset, scale) = get_backbone(pc.backbone, pc.size, pc.weights, tuple(pc.taps))
     spec = PreprocessSpec(pc.size, "rgb", pc.resize, offset=offset, scale=scale)
 
-    def features(x: np.ndarray) -> list[np.ndarray]:
-        out = backbone(x, training=False)
-        return [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
-
-    scorer = PatchCoreScorer(features, spec, pc.blur_sigma)
+    scorer = PatchCoreScorer(keras_forward(backbone), spec, pc.blur_sigma)
     train_images, _ = load_images(splits.train, spec, splits.skipped)
     bank = scorer.fit(train_images, pc.coreset_ratio, pc.max_bank, pc.projection_dim, cfg.dataset.seed)
     train_seconds = time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""Benchmarks: print and write measured figures (never asserted by wall-clock in tests)."""
