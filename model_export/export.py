@@ -28,7 +28,7 @@ from model_export.convert import Precision, convert
 from training import metrics
 from training.artifacts import code_version, read_json
 from training.config import TrainConfig
-from training.data import DatasetSplits, load_dataset, load_images
+from training.data import DatasetSplits, load_dataset, load_images, load_masks
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,12 @@ def export_scorer(
         "size_float_bytes": model_file.stat().st_size,
         "size_export_bytes": len(tflite),
     }
+    if splits.has_masks:
+        masks = load_masks(test_samples, spec)
+        figures["pixel_auroc_float"] = metrics.pixel_auroc(masks, float_maps)
+        figures["pixel_auroc_export"] = metrics.pixel_auroc(masks, edge_maps)
+        figures["pro_float"] = metrics.pro_auc(masks, float_maps)
+        figures["pro_export"] = metrics.pro_auc(masks, edge_maps)
     drop = figures["auroc_float"] - figures["auroc_export"]
     figures["auroc_drop"] = drop
     if drop > max_drop:

@@ -10,22 +10,6 @@ import pytest
 from training.cli import main
 from training.report import read_run
 
-CONFIG = """
-dataset: {name: bottle, layout: mvtec, root: mvtec_ad/bottle, val_fraction: 0.15}
-patchcore: {size: 224, coreset_ratio: 0.01}
-autoencoder: {size: 64, epochs: 2, base_filters: 8, latent_channels: 16, augment: {hflip: true}}
-heatmap_samples: 4
-"""
-
-
-@pytest.fixture(scope="module")
-def bottle_run(tmp_path_factory, datasets_root):
-    root = tmp_path_factory.mktemp("bottle")
-    cfg = root / "bottle.yaml"
-    cfg.write_text(CONFIG)
-    assert main(["train", "--config", str(cfg), "--out", str(root / "run"), "--models", "patchcore,autoencoder"]) == 0
-    return root / "run"
-
 
 def test_patchcore_meets_the_bottle_bar(bottle_run):
     metrics = read_run(bottle_run)["patchcore"]
@@ -57,9 +41,7 @@ def test_autoencoder_reports_every_metric(bottle_run):
     assert metrics["epochs_run"] == 2
 
 
-def test_evaluate_prints_one_table(bottle_run, tmp_path, capsys):
-    cfg = tmp_path / "bottle.yaml"
-    cfg.write_text(CONFIG)
-    assert main(["evaluate", "--config", str(cfg), "--out", str(bottle_run)]) == 0
+def test_evaluate_prints_one_table(bottle_run, bottle_config, capsys):
+    assert main(["evaluate", "--config", str(bottle_config), "--out", str(bottle_run)]) == 0
     out = capsys.readouterr().out
     assert "| patchcore |" in out and "| autoencoder |" in out and "PRO@0.3" in out

@@ -107,7 +107,7 @@ def test_decompression_bomb_header_is_refused(fixture_images):
 
 
 def test_missing_file_names_the_path(tmp_path):
-    with pytest.raises(ImageDecodeError, match="nope.png: cannot read file"):
+    with pytest.raises(ImageDecodeError, match=r"nope\.png: cannot read file"):
         read_image(tmp_path / "nope.png")
 
 

@@ -1,0 +1,102 @@
+"""int8 export of a real bottle run: parity gate, bundle verification, edge inference without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.bundle import load_bundle
+from edge_agent.errors import BundleError
+from model_export.cli import main as export_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def bottle_bundle(bottle_run, bottle_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "bottle"
+    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
+    assert export_main(args) == 0
+    return out
+
+
+def test_int8_scorer_keeps_float_quality(bottle_bundle):
+    manifest = json.loads((bottle_bundle / "manifest.json").read_text())
+    figures = manifest["metrics"]["scorer"]
+    assert figures["auroc_export"] >= figures["auroc_float"] - 0.01
+    assert figures["auroc_export"] >= 0.99
+    assert figures["map_correlation"] >= 0.9
+    assert figures["size_export_bytes"] < figures["size_float_bytes"] / 2
+    scorer = manifest["models"]["scorer"]
+    assert scorer["input"]["dtype"] == "int8" and scorer["input"]["scale"] > 0
+    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112]]
+    assert scorer["calibration"]["threshold"] > scorer["calibration"]["center"]
+
+
+def test_failed_gate_writes_no_bundle(bottle_run, bottle_config, tmp_path, capsys):
+    out = tmp_path / "never"
+    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
+    assert export_main([*args, "--max-auroc-drop", "-0.5"]) == 3
+    assert not out.exists() and not list(tmp_path.iterdir())
+    err = capsys.readouterr().err
+    assert "patchcore int8: image AUROC" in err and "exceeds the gate" in err
+
+
+def test_bundle_refuses_tampering(bottle_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bottle_bundle, copy)
+    assert load_bundle(copy).models["scorer"].kind == "patchcore"
+    bank = copy / "memory_bank.npy"
+    bank.write_bytes(bank.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(BundleError, match=r"SHA-256 of memory_bank\.npy"):
+        load_bundle(copy)
+    shutil.copy(bottle_bundle / "memory_bank.npy", bank)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format version 99 is not supported"):
+        load_bundle(copy)
+    (copy / "scorer.tflite").unlink()
+    manifest["format_version"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"scorer\.tflite listed in the manifest is missing"):
+        load_bundle(copy)
+
+
+EDGE_PROBE = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tensorflow", "keras", "training", "tf_keras"}:
+            raise ImportError(f"blocked on the edge: {name}")
+sys.meta_path.insert(0, Block())
+from edge_agent.bundle import load_bundle
+from edge_agent.inspector import Inspector
+from edge_agent.preprocess import read_image
+inspector = Inspector(load_bundle(sys.argv[1]))
+for i, path in enumerate(sys.argv[2:]):
+    r = inspector.inspect(read_image(path))
+    print(f"image{i}", r.anomalous, round(r.normalised_score, 3), r.anomaly_map.shape)
+print("backend", inspector.scorer.model.backend)
+"""
+
+
+def test_edge_inference_runs_without_tensorflow(bottle_bundle, datasets_root):
+    good = datasets_root / "mvtec_ad/bottle/test/good/000.png"
+    broken = datasets_root / "mvtec_ad/bottle/test/broken_large/000.png"
+    out = subprocess.run(
+        [sys.executable, "-c", EDGE_PROBE, str(bottle_bundle), str(good), str(broken)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert lines["backend"] == "ai_edge_litert"
+    assert lines["image0"].startswith("False") and lines["image1"].startswith("True")
+    assert "(224, 224)" in lines["image1"]
