@@ -1,0 +1,164 @@
+"""The edge agent's config tree (YAML, strict). Each component receives only its own section.
+
+Secrets never live here: MQTT and S3 credentials come from environment variables or systemd credentials
+(``$CREDENTIALS_DIRECTORY``), named by the ``*_env`` / ``*_credential`` fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge_agent.config_base import StrictModel, load_yaml_config
+
+
+class FolderSourceConfig(StrictModel):
+    """Watch a directory for new image files."""
+
+    type: Literal["folder"] = "folder"
+    path: Path = Field(description="directory the camera writes images into")
+    recursive: bool = Field(default=False, description="also watch sub-directories")
+    after: Literal["keep", "move", "delete"] = Field(default="move", description="what to do with a scored file")
+    done_dir: Path | None = Field(default=None, description="where 'move' puts scored files (default <path>/done)")
+    quarantine_dir: Path | None = Field(default=None, description="unreadable files (default <path>/quarantine)")
+    stable_seconds: float = Field(default=0.5, ge=0.0, description="size must be unchanged this long before reading")
+    poll_seconds: float = Field(default=1.0, gt=0.0, description="rescan interval besides filesystem events")
+    max_pending: int = Field(default=256, ge=1, description="back-pressure: files queued before pausing intake")
+
+
+class StreamSourceConfig(StrictModel):
+    """Any OpenCV VideoCapture source: RTSP/HTTP URL, video file or camera index."""
+
+    type: Literal["stream"] = "stream"
+    url: str = Field(description="rtsp://..., http://..., a video file path, or a camera index like '0'")
+    max_fps: float | None = Field(default=None, gt=0.0, description="cap on frames scored per second")
+    every_nth: int = Field(default=1, ge=1, description="score every Nth frame")
+    stall_seconds: float = Field(default=10.0, gt=0.0, description="no frame this long = stalled, reconnect")
+    reconnect_min_seconds: float = Field(default=1.0, gt=0.0, description="first reconnect delay")
+    reconnect_max_seconds: float = Field(default=30.0, gt=0.0, description="longest reconnect delay (back-off cap)")
+    loop: bool = Field(default=False, description="restart a video file at its end (demos)")
+
+
+SourceConfig = Annotated[FolderSourceConfig | StreamSourceConfig, Field(discriminator="type")]
+
+
+class CameraConfig(StrictModel):
+    """One camera (folder or stream) with its own model bundle and thresholds."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="camera id used in topics, keys and rows")
+    source: SourceConfig
+    bundle: Path = Field(description="model bundle folder produced by model_export")
+    threshold: float | None = Field(default=None, description="override the bundle's fitted image threshold")
+    save_heatmaps: Literal["anomalous", "all", "none"] = Field(default="anomalous", description="heatmaps to save")
+    classify_all: bool = Field(default=False, description="run the defect-type classifier on normal frames too")
+
+
+class DatabaseConfig(StrictModel):
+    """Where verdicts and the outbox live (any SQLAlchemy URL; SQLite by default)."""
+
+    url: str = Field(default="sqlite:///data/linewatch.db", description="SQLAlchemy database URL")
+    busy_timeout_ms: int = Field(default=5000, ge=0, description="SQLite busy timeout")
+
+
+class TLSConfig(StrictModel):
+    """TLS for the MQTT connection."""
+
+    enabled: bool = False
+    ca_file: Path | None = Field(default=None, description="CA bundle; system CAs when empty")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
+    insecure: bool = Field(default=False, description="skip host name check (tests only)")
+
+
+class MQTTConfig(StrictModel):
+    """MQTT alerts, status and stats (paho-mqtt v2)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = Field(default="linewatch", description="topic tree root: <prefix>/<agent>/...")
+    client_id: str | None = Field(default=None, description="default linewatch-<agent name>")
+    keepalive: int = Field(default=30, ge=5)
+    qos: Literal[0, 1, 2] = Field(default=1, description="QoS of alert events")
+    stats_interval_seconds: float = Field(default=60.0, gt=0.0)
+    username_env: str | None = Field(default=None, description="environment variable holding the user name")
+    password_env: str | None = Field(default=None, description="environment variable holding the password")
+    password_credential: str | None = Field(default=None, description="systemd credential name of the password")
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+
+class S3Config(StrictModel):
+    """Mirror of verdict records and images to S3 (AWS, MinIO, any S3 API)."""
+
+    enabled: bool = False
+    bucket: str = Field(default="linewatch", min_length=3, max_length=63)
+    prefix: str = Field(default="", description="key prefix before <agent>/<yyyy>/<mm>/<dd>/...")
+    endpoint_url: str | None = Field(default=None, description="http(s)://host:port for MinIO or a test server")
+    region: str = "us-east-1"
+    access_key_env: str | None = Field(default="AWS_ACCESS_KEY_ID", description="env var of the access key")
+    secret_key_env: str | None = Field(default="AWS_SECRET_ACCESS_KEY", description="env var of the secret key")
+    secret_key_credential: str | None = Field(default=None, description="systemd credential of the secret key")
+    upload_images: bool = Field(default=True, description="upload the original image of anomalous frames")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            msg = "must start with http:// or https://"
+            raise ValueError(msg)
+        return value
+
+
+class DeliveryConfig(StrictModel):
+    """Outbox delivery: retries with paced back-off, never blocking scoring."""
+
+    retry_min_seconds: float = Field(default=1.0, gt=0.0)
+    retry_max_seconds: float = Field(default=60.0, gt=0.0)
+    batch_size: int = Field(default=50, ge=1)
+
+
+class MetricsConfig(StrictModel):
+    """Health and Prometheus metrics endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
+
+
+class AgentSection(StrictModel):
+    """Identity and local folders of this agent."""
+
+    name: str = Field(default="line1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="agent id in topics and keys")
+    data_dir: Path = Field(default=Path("data"), description="heatmaps and other local files")
+    threads: int = Field(default=2, ge=1, le=64, description="interpreter threads per model")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    watchdog_seconds: float | None = Field(default=None, description="sd_notify WATCHDOG interval; from systemd")
+
+
+class AgentConfig(StrictModel):
+    """Root of the agent's config file."""
+
+    agent: AgentSection = Field(default_factory=AgentSection)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    cameras: list[CameraConfig] = Field(min_length=1)
+    mqtt: MQTTConfig = Field(default_factory=MQTTConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> AgentConfig:
+        ids = [c.id for c in self.cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            msg = f"camera ids must be unique, repeated: {duplicates}"
+            raise ValueError(msg)
+        return self
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Load and validate the agent's YAML; raise ConfigError naming the key path on failure."""
+    return load_yaml_config(AgentConfig, path)

@@ -1,0 +1,67 @@
+"""Plain records passed between the pipeline, the store and the delivery workers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+Channel = Literal["mqtt", "s3"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image from a source, before scoring. ``frame_id`` is unique per camera (file name or stream counter)."""
+
+    camera: str
+    source: str  # "folder" or "stream"
+    frame_id: str
+    captured_at: datetime  # timezone-aware UTC
+    image_path: str | None = None  # folder sources: the file; stream sources: None
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One verdict row: everything the review page and the alerts need about one scored frame."""
+
+    camera: str
+    source: str
+    frame_id: str
+    captured_at: datetime
+    processed_at: datetime
+    model_name: str
+    model_version: str
+    model_hash: str
+    score: float
+    normalised_score: float
+    threshold: float
+    anomalous: bool
+    defect_type: str | None
+    type_confidence: float | None
+    heatmap_path: str | None
+    image_path: str | None
+    latency_ms: float
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (datetimes as ISO 8601 strings)."""
+        data = asdict(self)
+        for key in ("captured_at", "processed_at"):
+            data[key] = data[key].isoformat()
+        return data
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A unit of delivery written with its verdict in one transaction, delivered later, in order.
+
+    ``key`` is the idempotency key: the MQTT message id carried in the payload, or the S3 object key;
+    a redelivery after a crash repeats the same key, so receivers can drop duplicates.
+    For S3, ``payload`` is the JSON body, or ``file_path`` names a local file to upload.
+    """
+
+    channel: Channel
+    key: str
+    payload: str | None = None
+    file_path: str | None = None
+    content_type: str = "application/json"
+    topic: str | None = None  # MQTT topic (mqtt channel only)
