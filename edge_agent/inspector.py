@@ -131,18 +131,21 @@ class Inspector:
         classifier = bundle.models.get("classifier")
         self.classifier = DefectClassifier(classifier, bundle.path, threads) if classifier else None
 
-    def inspect(self, image_rgb: np.ndarray, classify_all: bool = False) -> InspectionResult:
-        """Verdict for one RGB uint8 image of any size."""
+    def inspect(
+        self, image_rgb: np.ndarray, classify_all: bool = False, threshold: float | None = None
+    ) -> InspectionResult:
+        """Verdict for one RGB uint8 image of any size (``threshold`` overrides the bundle's)."""
         t0 = time.perf_counter()
+        threshold = self.calibration.threshold if threshold is None else threshold
         score, amap = self.scorer.score(prepare(image_rgb, self.entry.preprocess))
-        anomalous = score >= self.calibration.threshold
+        anomalous = score >= threshold
         defect_type, confidence = None, None
         if self.classifier is not None and (anomalous or classify_all):
             defect_type, confidence = self.classifier.classify(image_rgb)
         return InspectionResult(
             score=score,
             normalised_score=float(self.calibration.normalise(score)),
-            threshold=self.calibration.threshold,
+            threshold=threshold,
             anomalous=bool(anomalous),
             anomaly_map=amap,
             defect_type=defect_type,

@@ -1,0 +1,175 @@
+"""Per-camera pipeline: source item -> inspector -> heatmap -> verdict + outbox (one transaction) -> source.done.
+
+Scoring never waits on the network: alerts and uploads are written to the outbox with the verdict and
+delivered by the delivery worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.config import CameraConfig
+from edge_agent.heatmap import render_heatmap
+from edge_agent.inspector import InspectionResult, Inspector
+from edge_agent.records import Frame, OutboxMessage, VerdictRecord
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(frame_id: str) -> str:
+    """File-name-safe form of a frame id (no separators, no '..')."""
+    return _UNSAFE.sub("_", frame_id).strip("._")[:180] or "frame"
+
+
+class Outputs:
+    """Where verdicts go: the outbox channels that are enabled and how keys and topics are formed."""
+
+    def __init__(
+        self,
+        agent: str,
+        alert_topic: Callable[[str], str] | None,
+        s3_key: Callable[[str, datetime, str, str], str] | None,
+        upload_images: bool = True,
+        qos: int = 1,
+    ) -> None:
+        self.agent, self.alert_topic, self.s3_key = agent, alert_topic, s3_key
+        self.upload_images, self.qos = upload_images, qos
+
+    def messages(self, verdict: VerdictRecord) -> list[OutboxMessage]:
+        """Outbox rows for one verdict: S3 record (+ image and heatmap when anomalous), MQTT alert."""
+        out: list[OutboxMessage] = []
+        message_id = f"{self.agent}:{verdict.camera}:{verdict.frame_id}"
+        heatmap_key = None
+        if self.s3_key is not None:
+            key = self.s3_key
+            out.append(
+                OutboxMessage(
+                    "s3",
+                    key(verdict.camera, verdict.captured_at, verdict.frame_id, ".json"),
+                    payload=json.dumps({**verdict.to_json_dict(), "message_id": message_id}),
+                )
+            )
+            if verdict.anomalous and verdict.heatmap_path:
+                heatmap_key = key(verdict.camera, verdict.captured_at, verdict.frame_id, ".heatmap.png")
+                out.append(OutboxMessage("s3", heatmap_key, file_path=verdict.heatmap_path, content_type="image/png"))
+            if verdict.anomalous and verdict.image_path and self.upload_images:
+                suffix = Path(verdict.image_path).suffix.lower() or ".png"
+                out.append(
+                    OutboxMessage(
+                        "s3",
+                        key(verdict.camera, verdict.captured_at, verdict.frame_id, suffix),
+                        file_path=verdict.image_path,
+                        content_type=f"image/{suffix.lstrip('.')}",
+                    )
+                )
+        if self.alert_topic is not None and verdict.anomalous:
+            payload = {**verdict.to_json_dict(), "message_id": message_id, "heatmap_s3_key": heatmap_key}
+            out.append(
+                OutboxMessage("mqtt", message_id, payload=json.dumps(payload), topic=self.alert_topic(verdict.camera))
+            )
+        return out
+
+
+class CameraPipeline:
+    """Scores the frames of one camera and stores one verdict per frame."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        inspector: Inspector,
+        store: object,
+        outputs: Outputs,
+        data_dir: Path,
+        on_verdict: Callable[[VerdictRecord], None] | None = None,
+    ) -> None:
+        self.camera, self.inspector, self.store, self.outputs = camera, inspector, store, outputs
+        self.data_dir = data_dir
+        self.on_verdict = on_verdict
+        bundle = inspector.bundle
+        self.model = (bundle.name, bundle.version, bundle.digest)
+        self.threshold = camera.threshold if camera.threshold is not None else inspector.calibration.threshold
+        self.lock = threading.Lock()
+
+    def process(self, frame: Frame, image: np.ndarray) -> VerdictRecord | None:
+        """Score one decoded frame and store its verdict; returns None if it was already scored."""
+        if self.store.has_verdict(frame.camera, frame.frame_id):  # type: ignore[attr-defined]
+            log.info("camera=%s frame=%s already scored, skipping", frame.camera, frame.frame_id)
+            return None
+        result = self.inspector.inspect(image, self.camera.classify_all, self.threshold)
+        anomalous = result.anomalous
+        heatmap_path = image_path = None
+        if self.camera.save_heatmaps == "all" or (anomalous and self.camera.save_heatmaps == "anomalous"):
+            heatmap_path = self._save_heatmap(frame, image, result)
+        if anomalous:
+            image_path = self._keep_original(frame, image)
+        verdict = VerdictRecord(
+            camera=frame.camera,
+            source=frame.source,
+            frame_id=frame.frame_id,
+            captured_at=frame.captured_at,
+            processed_at=datetime.now(UTC),
+            model_name=self.model[0],
+            model_version=self.model[1],
+            model_hash=self.model[2],
+            score=result.score,
+            normalised_score=result.normalised_score,
+            threshold=self.threshold,
+            anomalous=anomalous,
+            defect_type=result.defect_type,
+            type_confidence=result.type_confidence,
+            heatmap_path=heatmap_path,
+            image_path=image_path or frame.image_path,
+            latency_ms=result.latency_ms,
+        )
+        _, created = self.store.record(verdict, self.outputs.messages(verdict))  # type: ignore[attr-defined]
+        if created and self.on_verdict is not None:
+            self.on_verdict(verdict)
+        return verdict if created else None
+
+    def _day_dir(self, kind: str, frame: Frame) -> Path:
+        return self.data_dir / kind / frame.camera / frame.captured_at.strftime("%Y-%m-%d")
+
+    def _save_heatmap(self, frame: Frame, image: np.ndarray, result: InspectionResult) -> str | None:
+        cal = self.inspector.calibration
+        predicted = result.anomaly_map >= cal.pixel_threshold
+        overlay = render_heatmap(
+            image, result.anomaly_map, cal.center, max(cal.threshold * 1.5, cal.center + 1e-6), predicted_mask=predicted
+        )
+        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.png"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), overlay):
+                raise OSError(f"cv2.imwrite refused {path}")
+        except OSError as err:
+            log.error("camera=%s frame=%s heatmap not saved (%s); verdict kept", frame.camera, frame.frame_id, err)
+            return None
+        return str(path)
+
+    def _keep_original(self, frame: Frame, image: np.ndarray) -> str | None:
+        """Copy of the original image of an anomalous frame (the source may move or delete its file)."""
+        folder = self._day_dir("images", frame)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if frame.image_path:
+                target = folder / f"{safe_name(frame.frame_id)}{Path(frame.image_path).suffix.lower()}"
+                shutil.copyfile(frame.image_path, target)
+            else:
+                target = folder / f"{safe_name(frame.frame_id)}.jpg"
+                if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"cv2.imwrite refused {target}")
+        except OSError as err:
+            log.error("camera=%s frame=%s original not kept (%s)", frame.camera, frame.frame_id, err)
+            return None
+        return str(target)
