@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test lint bench describe clean
+.PHONY: install system-deps run train test lint bench bench-train bench-export describe clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +16,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install linewatch with its extras
 
-run: install  ## main job on embedded defaults: train + evaluate every model on bottle
+system-deps:  ## Debian packages the tests need (a real MQTT broker); installs them when missing and root
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+
+run: install  ## main job: build the demo bundle (train + int8 export on bottle), run the agent on a demo folder
+	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
+	$(PY) -m edge_agent.cli demo --config configs/agent.default.yaml --images $(DATASETS)/mvtec_ad/bottle/test
+
+train: install  ## train + evaluate every model on bottle, print the metrics table
 	$(PY) -m training.cli train --config configs/datasets/bottle.yaml --out runs/bottle
 
 describe: install  ## data set statistics of bottle, tire and casting
 	for ds in bottle tire casting; do $(PY) -m training.cli describe --config configs/datasets/$$ds.yaml; done
 
-test: install  ## ruff + the whole test suite
+test: install system-deps  ## ruff + the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -29,8 +38,13 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: install  ## full training/evaluation benchmark: one Markdown table per data set in bench/results/
+bench: bench-train bench-export  ## every benchmark; Markdown tables in bench/results/
+
+bench-train: install  ## train + evaluate every model on bottle, tire, casting: one table per data set
 	$(PY) -m bench.train_bench --out bench/results
 
+bench-export: install  ## int8 export of the bench runs: sizes, latency, throughput, AUROC float vs int8
+	$(PY) -m bench.export_bench --out bench/results
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs bundles data .pytest_cache
