@@ -1,0 +1,153 @@
+"""S3 mirror of verdict records and images (AWS, MinIO or any S3 API, via boto3).
+
+Timeouts are short and botocore's own retries few: the outbox does the retrying, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from edge_agent.config import S3Config
+from edge_agent.delivery import DeliveryResult
+from edge_agent.secrets import read_secret, redact
+from edge_agent.store import OutboxItem
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_key_part(frame_id: str) -> str:
+    """``frame_id`` reduced to ``[A-Za-z0-9._-]``; a short hash keeps two ids that sanitise alike apart.
+
+    Examples:
+        >>> safe_key_part("img_0001.png")
+        'img_0001.png'
+        >>> safe_key_part("a/b c")
+        'a_b_c-9f597a63'
+    """
+    cleaned = _UNSAFE.sub("_", frame_id).lstrip(".")[:180] or "frame"
+    if cleaned == frame_id:
+        return cleaned
+    return f"{cleaned}-{hashlib.sha1(frame_id.encode(), usedforsecurity=False).hexdigest()[:8]}"
+
+
+class S3Mirror:
+    """Uploads outbox rows (JSON payloads or local files) under ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/``."""
+
+    def __init__(
+        self, cfg: S3Config, agent_name: str, connect_timeout: float = 3.0, read_timeout: float = 10.0
+    ) -> None:
+        self.cfg = cfg
+        self.agent = agent_name
+        access_key = read_secret(cfg.access_key_env, None)
+        secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
+        self._secrets = [access_key, secret_key]
+        boto_cfg = BotoConfig(
+            region_name=cfg.region,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path"} if cfg.endpoint_url else {},
+        )
+        kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url, "config": boto_cfg}
+        if access_key and secret_key:  # otherwise boto3's default chain (instance role, profile)
+            kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+        self.client = boto3.session.Session().client("s3", **kwargs)
+        self._bucket_ready = False  # checked (and created if missing) before the first upload
+        self.last_error: str | None = None  # reason of the latest failed upload (secrets redacted)
+
+    def key_for(self, camera: str, captured_at: datetime, frame_id: str, suffix: str) -> str:
+        """Object key ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame_id><suffix>`` (UTC date)."""
+        day = captured_at.astimezone(UTC) if captured_at.tzinfo else captured_at
+        return f"{self.cfg.prefix}{self.agent}/{camera}/{day:%Y/%m/%d}/{safe_key_part(frame_id)}{suffix}"
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket when it does not exist; False (logged) when S3 cannot be reached or refuses."""
+        self._bucket_ready = self._ensure_bucket()
+        return self._bucket_ready
+
+    def _ensure_bucket(self) -> bool:
+        try:
+            self.client.head_bucket(Bucket=self.cfg.bucket)
+            return True
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code not in {"404", "NoSuchBucket", "NotFound"}:
+                log.warning("S3 bucket %s not usable: %s", self.cfg.bucket, self._redact(err))
+                return False
+        except BotoCoreError as err:
+            log.warning("S3 unreachable at %s: %s", self.cfg.endpoint_url or "AWS", self._redact(err))
+            return False
+        try:
+            if self.cfg.region == "us-east-1":
+                self.client.create_bucket(Bucket=self.cfg.bucket)
+            else:
+                self.client.create_bucket(
+                    Bucket=self.cfg.bucket, CreateBucketConfiguration={"LocationConstraint": self.cfg.region}
+                )
+        except (ClientError, BotoCoreError) as err:
+            log.warning("S3 bucket %s not created: %s", self.cfg.bucket, self._redact(err))
+            return False
+        log.info("S3 bucket %s created", self.cfg.bucket)
+        return True
+
+    def upload(self, item: OutboxItem) -> DeliveryResult:
+        """Put one row's payload or file; truthy only when stored. A missing local file gives ``DEAD``.
+
+        The bucket is checked (and created when missing) before the first upload and after ``NoSuchBucket``.
+        """
+        try:
+            body = self._body(item)
+        except FileNotFoundError as err:
+            return self._fail(item, DeliveryResult.DEAD, f"file {err.filename} is gone")
+        except (IsADirectoryError, ValueError) as err:
+            return self._fail(item, DeliveryResult.DEAD, str(err))
+        except OSError as err:
+            return self._fail(item, DeliveryResult.RETRY, f"cannot read {item.file_path}: {err.strerror}")
+        if not self._bucket_ready and not self.ensure_bucket():
+            return self._fail(item, DeliveryResult.RETRY, f"bucket {self.cfg.bucket} not available")
+        try:
+            self.client.put_object(Bucket=self.cfg.bucket, Key=item.key, Body=body, ContentType=item.content_type)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                self._bucket_ready = False  # check (and create) it again before the next attempt
+            return self._fail(item, DeliveryResult.RETRY, self._redact(err))
+        except BotoCoreError as err:
+            return self._fail(item, DeliveryResult.RETRY, self._redact(err))
+        self.last_error = None
+        log.debug("S3 uploaded %s (%d bytes)", item.key, len(body))
+        return DeliveryResult.DELIVERED
+
+    def _fail(self, item: OutboxItem, result: DeliveryResult, reason: str) -> DeliveryResult:
+        self.last_error = reason
+        dead = result is DeliveryResult.DEAD
+        log.log(
+            logging.ERROR if dead else logging.WARNING,
+            "S3 upload of %s %s: %s",
+            item.key,
+            "abandoned" if dead else "failed",
+            reason,
+        )
+        return result
+
+    @staticmethod
+    def _body(item: OutboxItem) -> bytes:
+        if item.payload is not None:
+            return item.payload.encode("utf-8")
+        if item.file_path:
+            return Path(item.file_path).read_bytes()
+        msg = "outbox row has neither payload nor file_path"
+        raise ValueError(msg)
+
+    def _redact(self, err: Exception) -> str:
+        return redact(str(err), self._secrets)
