@@ -1,6 +1,6 @@
 """Outbox delivery against a real mosquitto broker and a real moto S3 server: order, outages, last will."""
 
-# ruff: noqa: F811 - the service fixtures imported below are parameters of the tests that use them
+
 
 from __future__ import annotations
 
