@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from model_export.cli import main as export_main
 from training.cli import main
 
 BOTTLE_CONFIG = """
@@ -26,3 +27,11 @@ def bottle_run(tmp_path_factory, bottle_config):
     run = tmp_path_factory.mktemp("bottle") / "run"
     assert main(["train", "--config", str(bottle_config), "--out", str(run), "--models", "patchcore,autoencoder"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def bottle_bundle(bottle_run, bottle_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "bottle"
+    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
+    assert export_main(args) == 0
+    return out

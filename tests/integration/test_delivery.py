@@ -1,7 +1,5 @@
 """Outbox delivery against a real mosquitto broker and a real moto S3 server: order, outages, last will."""
 
-
-
 from __future__ import annotations
 
 import json

@@ -17,14 +17,6 @@ from model_export.cli import main as export_main
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def bottle_bundle(bottle_run, bottle_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "bottle"
-    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
-    assert export_main(args) == 0
-    return out
-
-
 def test_int8_scorer_keeps_float_quality(bottle_bundle):
     manifest = json.loads((bottle_bundle / "manifest.json").read_text())
     figures = manifest["metrics"]["scorer"]
