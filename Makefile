@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run train test lint bench bench-train bench-export describe clean
+.PHONY: install system-deps run train test lint bench bench-train bench-export bench-pipeline describe clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: bench-train bench-export  ## every benchmark; Markdown tables in bench/results/
+bench: bench-train bench-export bench-pipeline  ## every benchmark; Markdown tables in bench/results/
 
 bench-train: install  ## train + evaluate every model on bottle, tire, casting: one table per data set
 	$(PY) -m bench.train_bench --out bench/results
@@ -48,3 +48,7 @@ bench-export: install  ## int8 export of the bench runs: sizes, latency, through
 
 clean:
 	rm -rf runs bundles data .pytest_cache
+
+bench-pipeline: install system-deps  ## edge pipeline frames/s and latency vs scoring alone (needs bundles/demo-bottle)
+	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
+	$(PY) -m bench.pipeline_bench --bundle bundles/demo-bottle

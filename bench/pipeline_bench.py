@@ -1,0 +1,183 @@
+"""Edge pipeline benchmark: sustained frames/s and latency of decode -> score -> classify -> store -> publish.
+
+Three runs on the same real images (bottle test set at its stored 512x512 resolution), same int8 bundle:
+1. scoring alone: ``Inspector.inspect`` on decoded images (the floor of this design);
+2. full pipeline, replayed: read + decode + score + classify + heatmap + SQLite verdict and outbox, with
+   MQTT alerts delivered to a real mosquitto on loopback (and, in a second row, S3 to a moto server);
+3. through the folder source: files dropped into the watched folder, wall time until every verdict is stored.
+Run with ``make bench-pipeline``; figures are printed and written to ``bench/results/pipeline.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.services import mosquitto, moto_server
+from edge_agent.agent import Agent
+from edge_agent.bundle import load_bundle
+from edge_agent.config import AgentConfig
+from edge_agent.inspector import Inspector
+from edge_agent.preprocess import read_image
+from edge_agent.records import Frame
+
+
+def _config(tmp: Path, bundle: Path, mqtt_port: int | None, s3_url: str | None, incoming: Path) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "agent": {"name": "bench", "data_dir": str(tmp / "data"), "threads": 2},
+            "database": {"url": f"sqlite:///{tmp / 'bench.db'}"},
+            "cameras": [
+                {
+                    "id": "cam1",
+                    "bundle": str(bundle),
+                    "source": {
+                        "type": "folder",
+                        "path": str(incoming),
+                        "after": "keep",
+                        "stable_seconds": 0.0,
+                        "max_pending": 64,
+                    },
+                }
+            ],
+            "mqtt": {"enabled": mqtt_port is not None, "host": "127.0.0.1", "port": mqtt_port or 1883},
+            "s3": {"enabled": s3_url is not None, "endpoint_url": s3_url, "bucket": "bench"},
+            "metrics": {"enabled": False},
+        }
+    )
+
+
+def scoring_alone(bundle: Path, paths: list[Path], repeats: int) -> dict[str, float]:
+    """Inspector on pre-decoded images: per-frame ms and frames/s."""
+    inspector = Inspector(load_bundle(bundle), threads=2)
+    images = [read_image(p) for p in paths]
+    for image in images[:10]:
+        inspector.inspect(image)
+    times = []
+    t_all = time.perf_counter()
+    for _ in range(repeats):
+        for image in images:
+            t0 = time.perf_counter()
+            inspector.inspect(image)
+            times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - t_all
+    return _summary(times, wall)
+
+
+def _summary(times: list[float], wall: float) -> dict[str, float]:
+    ms = np.array(times) * 1000
+    return {
+        "p50_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "fps": len(times) / wall,
+        "frames": len(times),
+    }
+
+
+def replay(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None, s3_url: str | None) -> dict[str, Any]:
+    """Full pipeline per frame from the file on disk, outbox delivered by the running delivery worker."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        agent = Agent(_config(tmp, bundle, mqtt_port, s3_url, tmp / "in"))
+        camera = agent.cameras[0]
+        agent.delivery.start()
+        times = []
+        t_all = time.perf_counter()
+        for r in range(repeats):
+            for path in paths:
+                t0 = time.perf_counter()
+                frame = Frame("cam1", "replay", f"{r}/{path.parent.name}/{path.name}", datetime.now(UTC), str(path))
+                camera.pipeline.process(frame, read_image(path))
+                times.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - t_all
+        t_drain = time.perf_counter()
+        while any(agent.store.queue_depths().values()) and time.perf_counter() - t_drain < 120:
+            time.sleep(0.1)
+        drained = time.perf_counter() - t_drain
+        depths = agent.store.queue_depths()
+        agent.stop()
+        return {**_summary(times, wall), "drain_after_s": drained, "left_in_outbox": sum(depths.values())}
+
+
+def folder_run(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None) -> dict[str, Any]:
+    """Files dropped at once into the watched folder; wall time until every verdict is stored."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        incoming = tmp / "in"
+        incoming.mkdir()
+        agent = Agent(_config(tmp, bundle, mqtt_port, None, incoming))
+        done = []
+        agent.on_verdict = lambda v: done.append(time.perf_counter())
+        agent.start()
+        total = len(paths) * repeats
+        t0 = time.perf_counter()
+        for r in range(repeats):
+            for path in paths:
+                shutil.copyfile(path, incoming / f"{r}_{path.parent.name}_{path.name}")
+        while len(done) < total and time.perf_counter() - t0 < 600:
+            time.sleep(0.05)
+        wall = (done[-1] if done else time.perf_counter()) - t0
+        agent.stop()
+        return {"frames": len(done), "fps": len(done) / wall, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three measurements and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", type=Path, default=Path("bundles/demo-bottle"))
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=Path(os.environ.get("LINEWATCH_DATASETS", "../shared/datasets")) / "mvtec_ad/bottle/test",
+    )
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+    paths = sorted(args.images.rglob("*.png"))
+    alone = scoring_alone(args.bundle, paths, args.repeats)
+    with mosquitto() as port:
+        full = replay(args.bundle, paths, args.repeats, port, None)
+        folder = folder_run(args.bundle, paths, args.repeats, port)
+        with moto_server() as s3_url:
+            full_s3 = replay(args.bundle, paths, args.repeats, port, s3_url)
+    rows = [
+        ("scoring alone (Inspector, decoded images)", alone),
+        ("full pipeline: decode + score + classify + heatmap + SQLite + MQTT", full),
+        ("full pipeline + S3 mirror (moto on loopback)", full_s3),
+    ]
+    lines = [
+        "| run | frames | frames/s | p50 ms | p99 ms | ratio to scoring alone (fps) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['frames']} | {r['fps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['fps'] / alone['fps']:.2f} |"
+        )
+    lines.append(
+        f"| folder source, {folder['frames']} files dropped at once, wall until all stored | "
+        f"{folder['frames']} | {folder['fps']:.1f} | - | - | {folder['fps'] / alone['fps']:.2f} |"
+    )
+    bundle = load_bundle(args.bundle)
+    text = "\n".join(lines) + (
+        f"\n\nBundle {bundle.name} {bundle.version}; {len(paths)} bottle test images (512x512 PNG) x {args.repeats}; "
+        f"{os.cpu_count()} CPU cores; outbox left after the run: {full['left_in_outbox']} (MQTT), "
+        f"{full_s3['left_in_outbox']} (MQTT+S3), drained {full_s3['drain_after_s']:.1f} s after the last frame. "
+        "Command: `make bench-pipeline`.\n"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
