@@ -85,8 +85,8 @@ class PatchCoreConfig(StrictModel):
     size: int = Field(default=224, ge=64, le=640, description="input side in pixels")
     resize: Literal["stretch", "center_crop", "letterbox"] = "stretch"
     taps: list[str] = Field(default_factory=lambda: ["stride8", "stride16"], description="feature taps")
-    coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0, description="fraction of patches kept")
-    max_bank: int = Field(default=20000, ge=100, description="upper bound on memory-bank size")
+    coreset_ratio: float = Field(default=0.01, gt=0.0, le=1.0, description="fraction of patches kept")
+    max_bank: int = Field(default=4000, ge=100, description="upper bound on memory-bank size")
     projection_dim: int | None = Field(default=None, ge=8, description="random projection for coreset")
     blur_sigma: float = Field(default=4.0, ge=0.0, description="Gaussian blur of the map (input pixels)")
 
