@@ -17,13 +17,17 @@ def test_shipped_agent_configs_validate():
     ("yaml_text", "path"),
     [
         ("cameras: [{id: a, bundle: b, source: {type: folder, path: x, aftr: move}}]", "cameras.0.source.folder.aftr"),
-        ("cameras: [{id: a, bundle: b, source: {type: stream, url: u, every_nth: 0}}]",
-         "cameras.0.source.stream.every_nth"),
+        (
+            "cameras: [{id: a, bundle: b, source: {type: stream, url: u, every_nth: 0}}]",
+            "cameras.0.source.stream.every_nth",
+        ),
         ("cameras: [{id: 'bad id', bundle: b, source: {type: folder, path: x}}]", "cameras.0.id"),
         ("cameras: []", "cameras"),
         ("cameras: [{id: a, bundle: b, source: {type: folder, path: x}}]\nmqtt: {port: 99999}", "mqtt.port"),
-        ("cameras: [{id: a, bundle: b, source: {type: folder, path: x}}]\ns3: {endpoint_url: 'ftp://x'}",
-         "s3.endpoint_url"),
+        (
+            "cameras: [{id: a, bundle: b, source: {type: folder, path: x}}]\ns3: {endpoint_url: 'ftp://x'}",
+            "s3.endpoint_url",
+        ),
         ("cameras: [{id: a, bundle: b, source: {type: folder, path: x}}]\nmqtt: {password: hunter2}", "mqtt.password"),
     ],
 )
