@@ -147,7 +147,7 @@ class CameraPipeline:
         overlay = render_heatmap(
             image, result.anomaly_map, cal.center, max(cal.threshold * 1.5, cal.center + 1e-6), predicted_mask=predicted
         )
-        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.png"
+        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.png"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), overlay):
@@ -163,7 +163,8 @@ class CameraPipeline:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if frame.image_path:
-                target = folder / f"{safe_name(frame.frame_id)}{Path(frame.image_path).suffix.lower()}"
+                name, suffix = safe_name(frame.frame_id), Path(frame.image_path).suffix.lower()
+                target = folder / (name if name.lower().endswith(suffix) else f"{name}{suffix}")
                 shutil.copyfile(frame.image_path, target)
             else:
                 target = folder / f"{safe_name(frame.frame_id)}.jpg"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from typing import Literal
@@ -35,7 +37,12 @@ def convert(model: keras.Model, precision: Precision, calibration: np.ndarray | 
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     log.info("converting %s to %s TFLite", model.name, precision)
-    return converter.convert()
+    # Keras prints the whole traced signature while it saves the temporary SavedModel: keep it out of the logs
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        flatbuffer = converter.convert()
+    log.debug("converter output: %s", printed.getvalue())
+    return flatbuffer
 
 
 def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:

@@ -27,6 +27,16 @@ from edge_agent.sources.base import Source, SourceItem
 
 log = logging.getLogger(__name__)
 
+
+class _QuietShutdownRace(logging.Filter):
+    """watchdog logs an ERROR when its inotify reader is stopped mid-read; that race is harmless at shutdown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdownRace())
+
 #: Names a writer is still busy with (partial uploads, editor and download temporaries).
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", "~")
 SYMLINK_REASON = "symlink not followed"
