@@ -127,6 +127,26 @@ class Outbox(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class Feedback(Base):
+    """One review of a verdict (written by the review page only); one row per submission, the latest id wins."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("label IN ('defect', 'false_alarm', 'unsure')", name="ck_feedback_label"),
+        CheckConstraint("defect_type IS NULL OR label = 'defect'", name="ck_feedback_type"),
+        Index("ix_feedback_verdict_id", "verdict_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(16))
+    defect_type: Mapped[str | None] = mapped_column(String(128))
+    reviewer: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     """Detached copy of one pending outbox row, handed to the delivery worker."""
