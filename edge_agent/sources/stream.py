@@ -127,6 +127,7 @@ class _Conn:
         self.finished = threading.Event()
         self.outcome: Outcome = "failed"
         self.frames = 0
+        self.position = 0  # frames read from this connection, bad ones included (a video file's frame index)
         self.last_progress = time.monotonic()
 
 
@@ -268,6 +269,7 @@ class StreamSource(Source):
                 if not ok:
                     conn.outcome = "ended" if conn.is_file else "failed"
                     break
+                conn.position += 1
                 if not self._accept(image):
                     continue
                 conn.frames += 1
@@ -277,7 +279,7 @@ class StreamSource(Source):
                 if (count - 1) % self.cfg.every_nth or conn.last_progress - last_emit < min_gap:
                     continue
                 last_emit = conn.last_progress
-                self._slot.put(self._item(image), wait=conn.is_file, keep_going=keep_going)
+                self._slot.put(self._item(image, conn), wait=conn.is_file, keep_going=keep_going)
         except Exception:  # a backend crash ends this connection; the supervisor reconnects
             log.exception("camera=%s capture read failed", self.camera)
             conn.outcome = "failed"
@@ -300,9 +302,14 @@ class StreamSource(Source):
         self._shape = shape
         return True
 
-    def _item(self, image: np.ndarray) -> SourceItem:
+    def _item(self, image: np.ndarray, conn: _Conn) -> SourceItem:
+        """A live frame is named by its capture time; a video file's frame by its index, so that a restarted
+        agent recognises the frames it already scored (one verdict per frame, not per playback)."""
         captured = datetime.now(UTC)
-        frame_id = f"{int(captured.timestamp() * 1000)}-{next(self._counter)}"
+        if conn.is_file and not self.cfg.loop:
+            frame_id = f"{os.path.basename(str(self.source))}#{conn.position - 1:07d}"
+        else:
+            frame_id = f"{int(captured.timestamp() * 1000)}-{next(self._counter)}"
         return SourceItem(Frame(self.camera, "stream", frame_id, captured, None), to_rgb_uint8(image), None)
 
 
