@@ -71,7 +71,9 @@ class Agent:
 
     def _camera(self, cam: CameraConfig) -> Camera:
         inspector = Inspector(load_bundle(cam.bundle), threads=self.cfg.agent.threads)
-        pipeline = CameraPipeline(cam, inspector, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict)
+        pipeline = CameraPipeline(
+            cam, inspector, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict, self.cfg.agent.min_free_mb
+        )
         source: Source
         if isinstance(cam.source, FolderSourceConfig):
             source = FolderSource(cam.id, cam.source, is_known=lambda fid, c=cam.id: self.store.has_verdict(c, fid))

@@ -52,6 +52,7 @@ class CameraConfig(StrictModel):
     bundle: Path = Field(description="model bundle folder produced by model_export")
     threshold: float | None = Field(default=None, description="override the bundle's fitted image threshold")
     save_heatmaps: Literal["anomalous", "all", "none"] = Field(default="anomalous", description="heatmaps to save")
+    heatmap_format: Literal["jpg", "png"] = Field(default="jpg", description="jpg: ~5x smaller and faster to write")
     classify_all: bool = Field(default=False, description="run the defect-type classifier on normal frames too")
 
 
@@ -135,6 +136,9 @@ class AgentSection(StrictModel):
     threads: int = Field(default=2, ge=1, le=64, description="interpreter threads per model")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    min_free_mb: int = Field(
+        default=200, ge=0, description="below this free space in data_dir, heatmaps and image copies are skipped"
+    )
     watchdog_seconds: float | None = Field(default=None, description="sd_notify WATCHDOG interval; from systemd")
 
 

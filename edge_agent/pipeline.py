@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,50 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(frame_id: str) -> str:
     """File-name-safe form of a frame id (no separators, no '..')."""
     return _UNSAFE.sub("_", frame_id).strip("._")[:180] or "frame"
+
+
+class FreeSpaceGuard:
+    """Says whether ``folder``'s file system has ``min_free_mb`` left (one statvfs call, a few microseconds).
+
+    Below it, heatmaps and image copies are skipped with an error (once a minute) so that the database, which
+    needs far less, keeps room for verdicts.
+    """
+
+    def __init__(self, folder: Path, min_free_mb: int) -> None:
+        self.folder, self.min_free = folder, min_free_mb * 1024 * 1024
+        self.skipped = 0
+        self._logged_at = float("-inf")
+
+    def free_bytes(self) -> int | None:
+        """Free bytes for an unprivileged writer on the nearest existing folder above ``folder``."""
+        path = self.folder
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def ok(self, camera: str) -> bool:
+        """True when there is room for images; counts and logs the frames whose images are skipped."""
+        free = self.free_bytes() if self.min_free else None
+        if free is None or free >= self.min_free:
+            return True
+        self.skipped += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 60.0:
+            log.error(
+                "camera=%s disk almost full (%d MB free, %d MB kept free) in %s: heatmaps and image copies "
+                "skipped (%d so far); verdicts still stored",
+                camera,
+                free // 2**20,
+                self.min_free // 2**20,
+                self.folder,
+                self.skipped,
+            )
+            self._logged_at = now
+        return False
 
 
 class Outputs:
@@ -62,8 +108,10 @@ class Outputs:
                 )
             )
             if verdict.anomalous and verdict.heatmap_path:
-                heatmap_key = key(verdict.camera, verdict.captured_at, verdict.frame_id, ".heatmap.png")
-                out.append(OutboxMessage("s3", heatmap_key, file_path=verdict.heatmap_path, content_type="image/png"))
+                fmt = Path(verdict.heatmap_path).suffix.lower().lstrip(".") or "png"
+                heatmap_key = key(verdict.camera, verdict.captured_at, verdict.frame_id, f".heatmap.{fmt}")
+                content_type = "image/jpeg" if fmt == "jpg" else f"image/{fmt}"
+                out.append(OutboxMessage("s3", heatmap_key, file_path=verdict.heatmap_path, content_type=content_type))
             if verdict.anomalous and verdict.image_path and self.upload_images:
                 suffix = Path(verdict.image_path).suffix.lower() or ".png"
                 out.append(
@@ -71,7 +119,7 @@ class Outputs:
                         "s3",
                         key(verdict.camera, verdict.captured_at, verdict.frame_id, suffix),
                         file_path=verdict.image_path,
-                        content_type=f"image/{suffix.lstrip('.')}",
+                        content_type="image/jpeg" if suffix in (".jpg", ".jpeg") else f"image/{suffix.lstrip('.')}",
                     )
                 )
         if self.alert_topic is not None and verdict.anomalous:
@@ -93,9 +141,11 @@ class CameraPipeline:
         outputs: Outputs,
         data_dir: Path,
         on_verdict: Callable[[VerdictRecord], None] | None = None,
+        min_free_mb: int = 0,
     ) -> None:
         self.camera, self.inspector, self.store, self.outputs = camera, inspector, store, outputs
         self.data_dir = data_dir
+        self.space = FreeSpaceGuard(data_dir, min_free_mb)
         self.on_verdict = on_verdict
         bundle = inspector.bundle
         self.model = (bundle.name, bundle.version, bundle.digest)
@@ -110,10 +160,12 @@ class CameraPipeline:
         result = self.inspector.inspect(image, self.camera.classify_all, self.threshold)
         anomalous = result.anomalous
         heatmap_path = image_path = None
-        if self.camera.save_heatmaps == "all" or (anomalous and self.camera.save_heatmaps == "anomalous"):
-            heatmap_path = self._save_heatmap(frame, image, result)
-        if anomalous:
-            image_path = self._keep_original(frame, image)
+        wants_heatmap = self.camera.save_heatmaps == "all" or (anomalous and self.camera.save_heatmaps == "anomalous")
+        if (wants_heatmap or anomalous) and self.space.ok(frame.camera):
+            if wants_heatmap:
+                heatmap_path = self._save_heatmap(frame, image, result)
+            if anomalous:
+                image_path = self._keep_original(frame, image)
         verdict = VerdictRecord(
             camera=frame.camera,
             source=frame.source,
@@ -147,10 +199,12 @@ class CameraPipeline:
         overlay = render_heatmap(
             image, result.anomaly_map, cal.center, max(cal.threshold * 1.5, cal.center + 1e-6), predicted_mask=predicted
         )
-        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.png"
+        fmt = self.camera.heatmap_format
+        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{fmt}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(path), overlay):
+            if not cv2.imwrite(str(path), overlay, params):
                 raise OSError(f"cv2.imwrite refused {path}")
         except OSError as err:
             log.error("camera=%s frame=%s heatmap not saved (%s); verdict kept", frame.camera, frame.frame_id, err)
