@@ -62,9 +62,8 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array; raise ImageDecodeError with a reason."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    _check_declared_size(buf, name)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    _check_declared_size(data, name)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageDecodeError(f"{name}: not a decodable image (truncated, corrupt or unknown format)")
     return to_rgb_uint8(image, name)
@@ -104,6 +103,8 @@ def prepare(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Colour-convert and resize an RGB (or gray) uint8 image to the model's HxWxC uint8 input."""
     if image.ndim == 2:
         image = image[:, :, None]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3) or 0 in image.shape:
+        raise ImageDecodeError(f"prepare takes RGB or gray uint8 images, not {image.dtype} {image.shape}")
     if image.shape[2] == 1 and spec.color == "rgb":
         image = np.repeat(image, 3, axis=2)
     elif image.shape[2] == 3 and spec.color == "gray":
@@ -163,26 +164,91 @@ def load_prepared(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
     return prepare(read_image(path), spec)
 
 
-def _check_declared_size(buf: np.ndarray, name: str) -> None:
-    """Reject images whose header declares a side larger than MAX_SIDE before decoding them."""
-    h, w = _declared_size(buf.tobytes()[:65536])
+def _check_declared_size(data: bytes, name: str) -> None:
+    """Refuse, before decoding, other formats, PNG chunks longer than the file, and sides beyond MAX_SIDE.
+
+    OpenCV also decodes GIF, JPEG 2000, AVIF, PNM, HDR and more, where a 1 KiB file can declare 20000x20000;
+    its PNG reader allocates a chunk's declared length (a flipped length byte in a 3 KiB file: 3 GB).
+    """
+    size = _declared_size(data)
+    if size is None:
+        msg = f"{name}: not a decodable image (truncated, corrupt or unknown format; PNG, JPEG, BMP, TIFF or WebP)"
+        raise ImageDecodeError(msg)
+    h, w = size
     if max(h, w) > MAX_SIDE:
         raise ImageDecodeError(f"{name}: declared size {w}x{h} exceeds the {MAX_SIDE} px limit")
 
 
-def _declared_size(head: bytes) -> tuple[int, int]:
-    """Height and width from a PNG or JPEG header, (0, 0) when unknown."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    if head[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                i += 1
-                continue
-            marker = head[i + 1]
-            seg_len = int.from_bytes(head[i + 2 : i + 4], "big")
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                return int.from_bytes(head[i + 5 : i + 7], "big"), int.from_bytes(head[i + 7 : i + 9], "big")
-            i += 2 + seg_len
-    return 0, 0
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """Height and width from a PNG, JPEG, BMP, TIFF or WebP header; None for anything else."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return _png_size(data)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        if int.from_bytes(data[14:18], "little") == 12:  # OS/2 header: 16-bit sides
+            return int.from_bytes(data[20:22], "little"), int.from_bytes(data[18:20], "little")
+        w, h = int.from_bytes(data[18:22], "little", signed=True), int.from_bytes(data[22:26], "little", signed=True)
+        return abs(h), abs(w)
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":  # extended format: the canvas bounds every frame
+            return 1 + int.from_bytes(data[27:30], "little"), 1 + int.from_bytes(data[24:27], "little")
+        if chunk == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return 1 + (bits >> 14 & 0x3FFF), 1 + (bits & 0x3FFF)
+        if chunk == b"VP8 ":
+            return int.from_bytes(data[28:30], "little") & 0x3FFF, int.from_bytes(data[26:28], "little") & 0x3FFF
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """IHDR's size, or None when a chunk runs past the end (OpenCV would allocate the declared chunk length)."""
+    i = 8
+    while i + 8 <= len(data):
+        end = i + 12 + int.from_bytes(data[i : i + 4], "big")
+        if end > len(data):
+            return None
+        if data[i + 4 : i + 8] == b"IEND":
+            break
+        i = end
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the markers as libjpeg does (stray bytes and 0xFF fill skipped, any segment size) to the frame header."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        marker = data[i + 1]
+        if data[i] != 0xFF or marker in (0xFF, 0x00):
+            i += 1
+        elif marker in _SOF:
+            return (int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big"))
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        elif marker in (0xD8, 0xD9, 0xDA):  # SOI again, EOI, or scan data before any frame header
+            return None
+        else:
+            i += 2 + max(2, int.from_bytes(data[i + 2 : i + 4], "big"))
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageLength and ImageWidth of the first directory (the page OpenCV decodes); the largest if repeated."""
+    order = "little" if data[:2] == b"II" else "big"
+    ifd = int.from_bytes(data[4:8], order)
+    count = int.from_bytes(data[ifd : ifd + 2], order)
+    sides: dict[int, int] = {256: -1, 257: -1}
+    for at in range(ifd + 2, min(ifd + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind = int.from_bytes(data[at : at + 2], order), int.from_bytes(data[at + 2 : at + 4], order)
+        if tag in sides:
+            if kind not in (1, 3, 4):  # BYTE, SHORT, LONG; libtiff takes more, but no camera writes them
+                return None
+            size = {1: 1, 3: 2, 4: 4}[kind]
+            sides[tag] = max(sides[tag], int.from_bytes(data[at + 8 : at + 8 + size], order))
+    return None if min(sides.values()) < 0 else (sides[257], sides[256])
