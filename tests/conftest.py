@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data sets beside the repo, and the committed downscaled images."""
+"""Shared fixtures: the real data sets beside the repo, the committed downscaled images, and a small real
+bottle run + int8 bundle built once per session (integration and review tests share it)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,37 @@ def datasets_root() -> Path:
 def fixture_images() -> Path:
     """Folder of small committed images (downscaled bottle, tire and casting)."""
     return FIXTURE_IMAGES
+
+
+BOTTLE_CONFIG = """
+dataset: {name: bottle, layout: mvtec, root: mvtec_ad/bottle, val_fraction: 0.15}
+patchcore: {size: 224, coreset_ratio: 0.01}
+autoencoder: {size: 64, epochs: 2, base_filters: 8, latent_channels: 16, augment: {hflip: true}}
+heatmap_samples: 4
+"""
+
+
+@pytest.fixture(scope="session")
+def bottle_config(tmp_path_factory, datasets_root):
+    path = tmp_path_factory.mktemp("config") / "bottle.yaml"
+    path.write_text(BOTTLE_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bottle_run(tmp_path_factory, bottle_config):
+    from training.cli import main  # imported here: unit tests never load the training stack
+
+    run = tmp_path_factory.mktemp("bottle") / "run"
+    assert main(["train", "--config", str(bottle_config), "--out", str(run), "--models", "patchcore,autoencoder"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def bottle_bundle(bottle_run, bottle_config, tmp_path_factory):
+    from model_export.cli import main as export_main
+
+    out = tmp_path_factory.mktemp("bundles") / "bottle"
+    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
+    assert export_main(args) == 0
+    return out
