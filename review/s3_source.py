@@ -1,0 +1,131 @@
+"""Reading verdicts from the agents' S3 mirror instead of their databases.
+
+The agent mirrors each verdict as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with, for
+anomalous frames, ``<frame>.heatmap.jpg`` (or ``.png``) and the original (``<frame><ext>``) beside it. A sync copies new
+records into the review's own database (``database.url``, created and migrated like the agent's) and the
+images into ``cache_dir``, so the queue, statistics and feedback work the same for both sources. S3 itself
+is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select
+
+from edge_agent.records import VerdictRecord
+from edge_agent.secrets import read_secret, redact
+from edge_agent.store import Verdict
+from review.config import S3Source
+from review.db import ReviewStore
+
+log = logging.getLogger(__name__)
+
+_RECORD_FIELDS = [f.name for f in fields(VerdictRecord)]
+
+
+@dataclass
+class SyncReport:
+    """Outcome of one sync."""
+
+    listed: int = 0
+    added: int = 0
+    known: int = 0
+    errors: int = 0
+
+
+def s3_client(cfg: S3Source) -> Any:
+    """A boto3 S3 client for the mirror (keys from the environment or systemd credentials, else boto3's chain)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    access_key = read_secret(cfg.access_key_env, None)
+    secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
+    boto_cfg = BotoConfig(
+        region_name=cfg.region,
+        connect_timeout=3,
+        read_timeout=10,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+        s3={"addressing_style": "path"} if cfg.endpoint_url else {},
+    )
+    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url, "config": boto_cfg}
+    if access_key and secret_key:
+        kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    return boto3.session.Session().client("s3", **kwargs)
+
+
+def parse_record(body: bytes) -> VerdictRecord:
+    """A verdict record from the JSON the agent mirrors (extra keys such as ``message_id`` are ignored)."""
+    data = json.loads(body)
+    values = {name: data[name] for name in _RECORD_FIELDS}
+    for key in ("captured_at", "processed_at"):
+        values[key] = datetime.fromisoformat(values[key])
+    return VerdictRecord(**values)
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    """Where an object is kept locally: its key under ``cache_dir``, without any '..' or absolute part."""
+    parts = [p for p in PurePosixPath(key).parts if p not in {"", ".", "..", "/"}]
+    return cache_dir.joinpath(*parts)
+
+
+def _download(client: Any, bucket: str, key: str, cache_dir: Path) -> str:
+    target = cache_path(cache_dir, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    target.write_bytes(body)
+    return str(target)
+
+
+def _list_keys(client: Any, cfg: S3Source) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix=cfg.prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -> SyncReport:
+    """Copy records (and their heatmaps and originals) not yet in ``store``; errors are counted and logged."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or s3_client(cfg)
+    secrets = [read_secret(cfg.access_key_env, None), read_secret(cfg.secret_key_env, cfg.secret_key_credential)]
+    report = SyncReport()
+    try:
+        keys = _list_keys(client, cfg)
+    except (BotoCoreError, ClientError) as err:
+        log.warning("S3 listing of %s/%s failed: %s", cfg.bucket, cfg.prefix, redact(str(err), secrets))
+        report.errors += 1
+        return report
+    present = set(keys)
+    with store.engine.connect() as conn:
+        known = {(c, f) for c, f in conn.execute(select(Verdict.camera, Verdict.frame_id))}
+    records = [k for k in keys if k.endswith(".json")][: cfg.max_objects]
+    report.listed = len(records)
+    for key in records:
+        try:
+            record = parse_record(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read())
+            if (record.camera, record.frame_id) in known:
+                report.known += 1
+                continue
+            stem = key[: -len(".json")]
+            heatmap_suffix = Path(record.heatmap_path).suffix.lower() if record.heatmap_path else ".png"
+            heatmap_key = f"{stem}.heatmap{heatmap_suffix}"
+            suffix = Path(record.image_path).suffix.lower() if record.image_path else ""
+            image_key = f"{stem}{suffix or '.png'}"
+            values = {name: getattr(record, name) for name in _RECORD_FIELDS}
+            for field, key_ in (("heatmap_path", heatmap_key), ("image_path", image_key)):
+                values[field] = _download(client, cfg.bucket, key_, cfg.cache_dir) if key_ in present else None
+            _, created = store.store.record(VerdictRecord(**values), [])
+            report.added += int(created)
+            known.add((record.camera, record.frame_id))
+        except (BotoCoreError, ClientError, OSError, ValueError, KeyError, TypeError) as err:
+            report.errors += 1
+            log.warning("S3 record %s not copied: %s", key, redact(str(err), secrets))
+    log.info("S3 sync of %s/%s: %s", cfg.bucket, cfg.prefix, report)
+    return report
