@@ -1,0 +1,1 @@
+"""One module per page of the review app; each exposes ``render(ctx)``."""

@@ -1,0 +1,151 @@
+"""Models: every bundle under the bundles folder, its manifest, export figures (float vs int8) and run metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from edge_agent.bundle import sha256_file
+from review import models_info as mi
+from review.views.common import Context, heat_table
+
+
+def _float_vs_export(title: str, figures: dict[str, Any], pairs: list[tuple[str, str, str]]) -> None:
+    table = mi.float_vs_export(figures, pairs)
+    if table.empty:
+        return
+    quality = table[table["metric"] != "size (MB)"]
+    if not quality.empty:
+        chart = (
+            alt.Chart(quality, title=title)
+            .mark_bar()
+            .encode(
+                x=alt.X("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
+                y=alt.Y("metric:N", title=None),
+                yOffset="model:N",
+                color=alt.Color("model:N", title=None),
+                tooltip=["metric", "model", alt.Tooltip("value:Q", format=".4f")],
+            )
+        )
+        st.altair_chart(chart, width="stretch")
+    wide = table.pivot(index="metric", columns="model", values="value").reset_index()
+    st.dataframe(wide, hide_index=True)
+
+
+def _headline(figures: dict[str, Any]) -> None:
+    """The figures people look for first, with the exported model's change against float as the delta."""
+    shown = [
+        (label, figures[e], figures[e] - figures[f] if f else None)
+        for label, f, e in (
+            ("image AUROC", "auroc_float", "auroc_export"),
+            ("F1 at the threshold", None, "f1_export"),
+            ("PRO", "pro_float", "pro_export"),
+            ("top-1 agreement with float", None, "top1_agreement"),
+        )
+        if isinstance(figures.get(e), int | float) and (f is None or isinstance(figures.get(f), int | float))
+    ]
+    if not shown:
+        return
+    precision = figures.get("precision", "exported")
+    cols = st.columns(len(shown))
+    for col, (label, value, delta) in zip(cols, shown, strict=True):
+        col.metric(f"{label} ({precision})", f"{value:.4f}", None if delta is None else f"{delta:+.4f} vs float")
+
+
+def _scalars(figures: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"figure": k, "value": v} for k, v in sorted(figures.items()) if isinstance(v, int | float | str)]
+    return pd.DataFrame(rows, columns=["figure", "value"]).astype({"value": str})
+
+
+def _run_section(role: str, folder: Path) -> None:
+    metrics = mi.run_metrics(folder)
+    if not metrics:
+        return
+    st.markdown(f"**Training-run metrics of the {role}** (`{folder}`)")
+    keys = [k for k in mi.RUN_KEYS if isinstance(metrics.get(k), int | float)]
+    if keys:
+        cols = st.columns(min(len(keys), 6))
+        for i, key in enumerate(keys[:6]):
+            cols[i].metric(key.replace("_", " "), f"{float(metrics[key]):.3f}")
+    note = metrics.get("evaluation")
+    if note:
+        st.caption(str(note))
+    matrix = metrics.get("confusion_matrix")
+    if isinstance(matrix, list) and matrix:
+        names = metrics.get("class_names") or (["normal", "defect"] if len(matrix) == 2 else None)
+        if names and len(names) == len(matrix):
+            title = f"Confusion matrix ({role}, test split)"
+            chart = heat_table(mi.confusion_frame(matrix, list(names)), title, list(names))
+            st.altair_chart(chart, width="content")
+    with st.expander(f"All figures of the {role} run"):
+        st.dataframe(_scalars(metrics), hide_index=True)
+
+
+def _feedback_section(ctx: Context, manifest_hash: str) -> None:
+    df = ctx.store.frame()
+    binary, types = mi.feedback_confusion(df, manifest_hash)
+    st.markdown("**In production: reviewer feedback on this bundle's alarms**")
+    if binary.empty:
+        st.caption("No reviewed verdicts of this bundle yet.")
+        return
+    left, right = st.columns(2)
+    left.altair_chart(heat_table(binary, "Agent's alarms vs reviewers", ["normal", "defect"]), width="content")
+    if not types.empty:
+        right.altair_chart(heat_table(types, "Predicted vs confirmed defect type"), width="content")
+
+
+def render(ctx: Context) -> None:
+    """The models page."""
+    st.title("Models")
+    paths = ctx.cfg.paths
+    bundles = mi.find_bundles(paths.bundles_dir, paths.runs_dir)
+    if not bundles:
+        st.info(f"No bundles (folders with manifest.json) under {paths.bundles_dir}.")
+        return
+    labels = [b.label for b in bundles]
+    picked = st.selectbox("Bundle", labels, key="m_bundle")
+    info = bundles[labels.index(picked)]
+    man = info.manifest
+    if info.verified:
+        st.success("Bundle verifies: format version and the SHA-256 of every file match the manifest.")
+    else:
+        st.error(f"Bundle does not verify: {info.problem}")
+    data = man.get("data", {})
+    cols = st.columns(4)
+    cols[0].metric("Precision", str(man.get("precision", "?")))
+    cols[1].metric("Test images", str(data.get("test_images", "?")))
+    cols[2].metric("Code version", str(man.get("code_version", "?")))
+    cols[3].metric("Training images", str(data.get("train_images", "?")))
+    st.caption(
+        f"Version {man.get('version', '?')}, created {man.get('created', '?')} (UTC). "
+        f"Data set {data.get('name', '?')}: {data.get('validation_images', '?')} validation images; "
+        f"defect types {', '.join(data.get('defect_types', [])) or '-'}."
+    )
+    figures = man.get("metrics", {})
+    for role, entry in man.get("models", {}).items():
+        st.subheader(f"{role}: {entry.get('kind')} ({entry.get('precision')})")
+        cal = entry.get("calibration") or {}
+        if cal:
+            st.caption(
+                f"Threshold {cal.get('threshold', 0):.4g} (method {cal.get('method')}, fitted on "
+                f"{cal.get('n_validation')} normal validation images on the exported model's own scores); "
+                f"normal median {cal.get('center', 0):.4g}; pixel threshold {cal.get('pixel_threshold', 0):.4g}."
+            )
+        if entry.get("class_names"):
+            st.caption("Classes: " + ", ".join(entry["class_names"]))
+        role_figures = figures.get(role, {})
+        _headline(role_figures)
+        pairs = mi.SCORER_PAIRS if role == "scorer" else mi.CLASSIFIER_PAIRS
+        _float_vs_export(f"{role}: float32 vs {role_figures.get('precision', 'exported')}", role_figures, pairs)
+        with st.expander(f"All export figures of the {role}"):
+            st.dataframe(_scalars(role_figures), hide_index=True)
+        if role in info.runs:
+            _run_section(role, info.runs[role])
+    manifest_file = info.path / "manifest.json"
+    _feedback_section(ctx, sha256_file(manifest_file)[:12])
+    with st.expander("manifest.json"):
+        st.json(man, expanded=False)
