@@ -17,6 +17,7 @@ INSTALL = REPO / "systemd" / "install.sh"
 VENV_PYTHON = "/opt/linewatch/.venv/bin/python"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
+MAX_EXPOSURE = 3.0  # systemd-analyze security: below 3 rates "OK"
 
 
 def directives(text: str) -> list[tuple[str, str, str]]:
@@ -140,14 +141,13 @@ def test_verify_would_catch_a_broken_directive(tmp_path: Path):
     assert "ProtectSytem" in result.stdout + result.stderr
 
 
-@needs_analyze
-def test_systemd_analyze_security_offline(tmp_path: Path):
+def _security(unit: Path) -> tuple[float, str, str]:
+    """(exposure, rating, report) of ``systemd-analyze security --offline=true``."""
     if not _analyze_supports("--offline"):
         pytest.skip("systemd-analyze security --offline needs systemd >= 252")
-    unit = _runnable_copy(tmp_path)
     result = subprocess.run(
         [ANALYZE, "security", "--offline=true", "--no-pager", unit.name],
-        cwd=tmp_path,
+        cwd=unit.parent,
         capture_output=True,
         text=True,
         check=False,
@@ -156,7 +156,36 @@ def test_systemd_analyze_security_offline(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     score = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", result.stdout)
     assert score, result.stdout[-2000:]
-    print(f"\nsystemd-analyze security --offline=true: exposure {score.group(1)} {score.group(2)}")
+    return float(score.group(1)), score.group(2), result.stdout
+
+
+def _user_line(report: str) -> str:
+    return next(line.strip() for line in report.splitlines() if "User=/DynamicUser=" in line)
+
+
+@needs_analyze
+def test_systemd_analyze_security_offline(tmp_path: Path):
+    exposure, rating, report = _security(_runnable_copy(tmp_path))
+    print(f"\nsystemd-analyze security --offline=true: exposure {exposure} {rating}")
+    assert exposure < MAX_EXPOSURE and rating == "OK", report[-3000:]
+    assert _user_line(report).startswith("✓") and "non-root" in _user_line(report)
+
+
+@needs_analyze
+def test_security_check_would_catch_root(tmp_path: Path):
+    baseline, _, _ = _security(_runnable_copy(tmp_path))
+    (tmp_path / "as-root").mkdir()
+    copy = _runnable_copy(tmp_path / "as-root")
+    copy.write_text(copy.read_text().replace("User=linewatch", "User=root"))
+    exposure, _, report = _security(copy)
+    assert _user_line(report).startswith("✗") and exposure > baseline
+
+
+def test_service_user_is_not_root():
+    users = values("Service", "User")
+    assert users and users[-1] not in ("root", "0", "")
+    assert values("Service", "Group")[-1] not in ("root", "0", "")
+    assert not any(v.startswith("+") or v.startswith("!") for v in values("Service", "ExecStart"))  # no full privileges
 
 
 # --- install.sh ----------------------------------------------------------------------------------------------------
