@@ -6,12 +6,34 @@ Secrets never live here: MQTT and S3 credentials come from environment variables
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from edge_agent.config_base import StrictModel, load_yaml_config
+
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+
+
+def _host(value: str) -> str:
+    """A DNS name or an IP address: no scheme, port, spaces or leading dash (messages never echo the value)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            msg = "must be a host name or IP address, without scheme, port or spaces"
+            raise ValueError(msg) from None
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
 
 
 class FolderSourceConfig(StrictModel):
@@ -62,6 +84,23 @@ class DatabaseConfig(StrictModel):
     url: str = Field(default="sqlite:///data/linewatch.db", description="SQLAlchemy database URL")
     busy_timeout_ms: int = Field(default=5000, ge=0, description="SQLite busy timeout")
 
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+            url.get_dialect()  # a known backend (imports its dialect module, not the driver)
+        except (ArgumentError, ValueError) as err:
+            msg = "not a SQLAlchemy URL of a known backend (dialect[+driver]://user@host[:port]/db, sqlite:///path)"
+            raise ValueError(msg) from err
+        if url.port is not None and not 1 <= url.port <= 65535:
+            msg = "port must be 1..65535"
+            raise ValueError(msg)
+        if url.password:
+            msg = "must not hold a password: use the driver's environment or files (e.g. PGPASSWORD, ~/.pgpass)"
+            raise ValueError(msg)
+        return value
+
 
 class TLSConfig(StrictModel):
     """TLS for the MQTT connection."""
@@ -77,7 +116,7 @@ class MQTTConfig(StrictModel):
     """MQTT alerts, status and stats (paho-mqtt v2)."""
 
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     prefix: str = Field(default="linewatch", description="topic tree root: <prefix>/<agent>/...")
     client_id: str | None = Field(default=None, description="default linewatch-<agent name>")
@@ -106,9 +145,20 @@ class S3Config(StrictModel):
     @field_validator("endpoint_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not value.startswith(("http://", "https://")):
             msg = "must start with http:// or https://"
             raise ValueError(msg)
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if not parts.hostname or port == 0 or parts.username or parts.password or parts.query or parts.fragment:
+            msg = "must be http(s)://host[:port] with a port 1..65535 and no credentials, query or fragment"
+            raise ValueError(msg)
+        _host(parts.hostname)
         return value
 
 
@@ -124,7 +174,7 @@ class MetricsConfig(StrictModel):
     """Health and Prometheus metrics endpoint."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import MQTTConfig
+from edge_agent.config import MQTTConfig, TLSConfig
+from edge_agent.errors import ConfigError
 from edge_agent.secrets import read_secret, redact
 
 log = logging.getLogger(__name__)
@@ -53,13 +55,7 @@ class MQTTPublisher:
         if self._username or self._password:
             self._client.username_pw_set(self._username, self._password)
         if cfg.tls.enabled:
-            tls = cfg.tls
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-            )
-            self._client.tls_insecure_set(tls.insecure)
+            self._set_tls(cfg.tls)
         self._client.will_set(self.availability_topic, "offline", qos=1, retain=True)
         self._client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
@@ -67,6 +63,19 @@ class MQTTPublisher:
         self._client.on_connect_fail = self._on_connect_fail
         if autostart:
             self.start()
+
+    def _set_tls(self, tls: TLSConfig) -> None:
+        """Load the CA, certificate and key; a missing or invalid file is a ConfigError naming its key."""
+        files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+        for key, path in files.items():
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"mqtt.tls.{key}: cannot read {path}")
+        try:
+            ca, cert, keyfile = (str(p) if p else None for p in files.values())
+            self._client.tls_set(ca_certs=ca, certfile=cert, keyfile=keyfile)
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError: a file that is no PEM, a key mismatch
+            raise ConfigError(f"mqtt.tls: cannot load the CA, certificate or key: {err}") from err
+        self._client.tls_insecure_set(tls.insecure)
 
     @property
     def connected(self) -> bool:
