@@ -59,6 +59,7 @@ class LiveInspection:
     """An image scored on the page with a bundle, exactly as the agent scores it."""
 
     result: InspectionResult
+    image_rgb: np.ndarray
     overlay_rgb: np.ndarray
     probabilities: dict[str, float]
 
@@ -80,7 +81,7 @@ def inspect_image(inspector: Inspector, image: np.ndarray) -> LiveInspection:
     if inspector.classifier is not None:
         probs = inspector.classifier.probabilities(image)
         probabilities = {n: float(p) for n, p in zip(inspector.classifier.class_names, probs, strict=True)}
-    return LiveInspection(result, cv2.cvtColor(overlay_bgr, cv2.COLOR_BGR2RGB), probabilities)
+    return LiveInspection(result, image, cv2.cvtColor(overlay_bgr, cv2.COLOR_BGR2RGB), probabilities)
 
 
 def bundle_label(bundle: Bundle) -> str:

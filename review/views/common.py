@@ -110,7 +110,8 @@ def heat_table(df: pd.DataFrame, title: str, order: list[str] | None = None) -> 
         x=alt.X("predicted:N", title="predicted", sort=order, axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("truth:N", title="truth", sort=order),
     )
-    rect = base.mark_rect().encode(color=alt.Color("n:Q", scale=alt.Scale(scheme="blues"), title="count"))
+    colour = alt.Color("n:Q", scale=alt.Scale(scheme="blues"), title="count", legend=alt.Legend(format="d"))
+    rect = base.mark_rect().encode(color=colour)
     text = base.mark_text(fontSize=14).encode(
         text="n:Q", color=alt.condition(alt.datum.n > df["n"].max() / 2, alt.value("white"), alt.value("black"))
     )

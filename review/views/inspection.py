@@ -12,7 +12,7 @@ from edge_agent.errors import BundleError, ImageDecodeError
 from review import models_info as mi
 from review.db import QueueFilter
 from review.export import resolve
-from review.media import LiveInspection, inspect_bytes
+from review.media import LiveInspection, draw_outline, inspect_bytes
 from review.views.common import Context, inspector_for
 from review.views.guide import IMAGE_SUFFIXES
 
@@ -64,7 +64,10 @@ def show(live: LiveInspection, image_name: str) -> None:
     cols[1].metric("Threshold", f"{r.threshold:.4g}")
     cols[2].metric("Normalised (0.5 = threshold)", f"{r.normalised_score:.2f}")
     cols[3].metric("Latency", f"{r.latency_ms:.0f} ms")
-    st.image(live.overlay_rgb, caption=f"{image_name}: heatmap; white outline = region above the pixel threshold")
+    left, right = st.columns(2)
+    outlined = draw_outline(live.image_rgb, live.overlay_rgb)
+    left.image(outlined, caption=f"{image_name}; magenta: region above the pixel threshold")
+    right.image(live.overlay_rgb, caption="heatmap (blue: typical, red: anomalous)")
     if live.probabilities:
         probs = pd.DataFrame({"class": list(live.probabilities), "probability": list(live.probabilities.values())})
         chart = (

@@ -76,6 +76,7 @@ def _submit(ctx: Context, verdict_id: int) -> None:
         return
     what = LABEL_TEXT[entry.label] + (f" ({entry.defect_type})" if entry.defect_type else "")
     state["q_flash"] = ("ok", f"Saved: #{verdict_id} is a {what}, by {entry.reviewer} at {fmt_time(entry.created_at)}.")
+    st.toast(f"#{verdict_id}: {what} saved")
 
 
 def feedback_form(ctx: Context, row: ReviewRow, known_types: list[str]) -> None:
