@@ -6,23 +6,31 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run train test lint bench bench-train bench-export bench-pipeline describe clean
+.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline describe clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[edge,train,dev]"
+	$(PY) -m pip install --quiet -e ".[edge,train,review,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install linewatch with its extras
 
-system-deps:  ## Debian packages the tests need (a real MQTT broker); installs them when missing and root
+system-deps:  ## Debian packages the tests need (a real MQTT broker, Chromium for the review page); installs them when missing and root
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+	@test -x /usr/bin/chromium || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 run: install  ## main job: build the demo bundle (train + int8 export on bottle), run the agent on a demo folder
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m edge_agent.cli demo --config configs/agent.default.yaml --images $(DATASETS)/mvtec_ad/bottle/test
+
+REVIEW_PORT ?= 8501
+review: install  ## the review page on the demo database (after `make run`), http://127.0.0.1:$(REVIEW_PORT), log in as demo
+	$(VENV)/bin/streamlit run review/app.py --server.headless true --server.address 127.0.0.1 \
+	  --server.port $(REVIEW_PORT) --browser.gatherUsageStats false --client.toolbarMode viewer \
+	  -- --config configs/review.default.yaml
 
 train: install  ## train + evaluate every model on bottle, print the metrics table
 	$(PY) -m training.cli train --config configs/datasets/bottle.yaml --out runs/bottle
@@ -52,3 +60,7 @@ clean:
 bench-pipeline: install system-deps  ## edge pipeline frames/s and latency vs scoring alone (needs bundles/demo-bottle)
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.pipeline_bench --bundle bundles/demo-bottle
+
+soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
+	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
+	$(PY) -m bench.soak --bundle bundles/demo-bottle --datasets $(DATASETS) --work runs/soak
