@@ -33,7 +33,7 @@ CLASSIFIER_PAIRS = [
     ("accuracy", "accuracy_float", "accuracy_export"),
     ("size (MB)", "size_float_bytes", "size_export_bytes"),
 ]
-RUN_KEYS = ["image_auroc", "image_f1", "pixel_auroc", "pro", "iou", "dice", "precision", "recall", "accuracy"]
+RUN_KEYS = ["image_auroc", "image_f1", "pixel_auroc", "pro", "iou", "dice", "accuracy", "macro_f1"]
 
 
 @dataclass

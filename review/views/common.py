@@ -107,7 +107,7 @@ def heat_table(df: pd.DataFrame, title: str, order: list[str] | None = None) -> 
     """A confusion matrix (columns truth, predicted, n) as a heatmap with counts written in the cells."""
     order = order or sorted(set(df["truth"]) | set(df["predicted"]))
     base = alt.Chart(df).encode(
-        x=alt.X("predicted:N", title="predicted", sort=order, axis=alt.Axis(labelAngle=-30)),
+        x=alt.X("predicted:N", title="predicted", sort=order, axis=alt.Axis(labelAngle=-40, labelOverlap=False)),
         y=alt.Y("truth:N", title="truth", sort=order),
     )
     colour = alt.Color("n:Q", scale=alt.Scale(scheme="blues"), title="count", legend=alt.Legend(format="d"))

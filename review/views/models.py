@@ -126,7 +126,8 @@ def render(ctx: Context) -> None:
         f"defect types {', '.join(data.get('defect_types', [])) or '-'}."
     )
     figures = man.get("metrics", {})
-    for role, entry in man.get("models", {}).items():
+    roles = man.get("models", {})
+    for role, entry in sorted(roles.items(), key=lambda kv: (kv[0] != "scorer", kv[0])):
         st.subheader(f"{role}: {entry.get('kind')} ({entry.get('precision')})")
         cal = entry.get("calibration") or {}
         if cal:
@@ -139,6 +140,8 @@ def render(ctx: Context) -> None:
             st.caption("Classes: " + ", ".join(entry["class_names"]))
         role_figures = figures.get(role, {})
         _headline(role_figures)
+        if isinstance(role_figures.get("note"), str):
+            st.caption(role_figures["note"])
         pairs = mi.SCORER_PAIRS if role == "scorer" else mi.CLASSIFIER_PAIRS
         _float_vs_export(f"{role}: float32 vs {role_figures.get('precision', 'exported')}", role_figures, pairs)
         with st.expander(f"All export figures of the {role}"):
