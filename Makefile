@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline describe clean
+.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,7 @@ clean:
 bench-pipeline: install system-deps  ## edge pipeline frames/s and latency vs scoring alone (needs bundles/demo-bottle)
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.pipeline_bench --bundle bundles/demo-bottle
+	$(PY) -m bench.profile_stages --bundle bundles/demo-bottle
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
