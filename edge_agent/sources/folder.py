@@ -236,8 +236,8 @@ class FolderSource(Source):
                 log.warning("camera=%s frame %s not done, retry in %.0fs", self.camera, fid, self.retry_seconds)
 
     def _finish(self, fid: str, path: Path) -> None:
-        rel = self._rel(path)
         try:
+            rel = self._rel(path)  # ValueError when a parent folder was swapped for a link out of the folder
             if self.cfg.after == "move":
                 log.debug("camera=%s moved %s to %s", self.camera, fid, move_unique(path, self.done_dir / rel))
             elif self.cfg.after == "delete":
@@ -245,7 +245,7 @@ class FolderSource(Source):
             else:
                 with self._lock:
                     self._processed.add(fid)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             log.error("camera=%s cannot %s %s: %s (kept, not re-scored)", self.camera, self.cfg.after, path, err)
             with self._lock:
                 self._processed.add(fid)
@@ -256,7 +256,7 @@ class FolderSource(Source):
             note = dest.with_name(fit_name(dest.name, ".reason.txt"))
             note.write_text(f"{reason}\n", encoding="utf-8", errors="backslashreplace")
             log.warning("camera=%s quarantined %s: %s", self.camera, fid, reason)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             log.error("camera=%s cannot quarantine %s: %s", self.camera, path, err)
             with self._lock:
                 self._processed.add(fid)
