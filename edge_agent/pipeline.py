@@ -6,6 +6,7 @@ delivered by the delivery worker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +32,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(frame_id: str) -> str:
-    """File-name-safe form of a frame id (no separators, no '..')."""
-    return _UNSAFE.sub("_", frame_id).strip("._")[:180] or "frame"
+    """File-name-safe form of a frame id: ``[A-Za-z0-9._-]``, no leading '.' or '-', at most 189 characters.
+
+    An id that had to change gets a short hash of itself (before a short extension), so two ids never share a file.
+
+    Examples:
+        >>> safe_name("img_0001.png"), safe_name("day1/x.png"), safe_name("-rf")
+        ('img_0001.png', 'day1_x-700d61ba.png', 'rf-836830ee')
+    """
+    cleaned = _UNSAFE.sub("_", frame_id).strip("._-")[:180] or "frame"
+    if cleaned == frame_id:
+        return cleaned
+    digest = hashlib.sha1(frame_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
+    stem, dot, ext = cleaned.rpartition(".")
+    return f"{stem}-{digest}.{ext}" if dot and stem and len(ext) <= 5 else f"{cleaned}-{digest}"
 
 
 class FreeSpaceGuard:
@@ -217,7 +230,7 @@ class CameraPipeline:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if frame.image_path:
-                name, suffix = safe_name(frame.frame_id), Path(frame.image_path).suffix.lower()
+                name, suffix = safe_name(frame.frame_id), _UNSAFE.sub("_", Path(frame.image_path).suffix.lower())[:8]
                 target = folder / (name if name.lower().endswith(suffix) else f"{name}{suffix}")
                 shutil.copyfile(frame.image_path, target)
             else:
