@@ -35,6 +35,7 @@ HOSTILE_NAMES = [
     "x..png",
     "ünïcødé 画像.png",
     "画" * 83 + ".png",  # 253 bytes
+    "N" * 251 + ".png",  # 255 bytes, the longest name Linux allows
     "P" * 185 + "_1.png",  # the same first 180 characters
     "P" * 185 + "_2.png",
     "back\\slash\\..\\..\\evil.png",
