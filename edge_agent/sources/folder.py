@@ -202,13 +202,15 @@ class FolderSource(Source):
         """Apply ``after`` to a scored file (``ok``), or quarantine an unreadable one with a reason file."""
         fid = item.frame.frame_id
         with self._lock:
-            path = self._claimed.pop(fid, None)
+            path = self._claimed.get(fid)
         if path is None:
             log.warning("camera=%s done() for unknown frame %s", self.camera, fid)
-        elif ok:
-            self._finish(fid, path)
-        else:
-            self._quarantine(fid, path, item.error or "unreadable")
+            return
+        try:  # the claim is held until the file is moved, so a rescan meanwhile cannot offer it again
+            self._finish(fid, path) if ok else self._quarantine(fid, path, item.error or "unreadable")
+        finally:
+            with self._lock:
+                self._claimed.pop(fid, None)
 
     def _load(self, fid: str, path: Path) -> SourceItem | None:
         try:

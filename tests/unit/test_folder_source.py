@@ -374,3 +374,24 @@ def test_non_utf8_name_gets_printable_id_and_is_moved(watched):
     assert items[0].frame.frame_id == "bad\\xff name.png" and items[0].image is not None
     items[0].frame.frame_id.encode("utf-8")  # safe for the database, JSON and MQTT
     assert os.listdir(os.fsencode(root / "done")) == [b"bad\xff name.png"]
+
+
+def test_a_slow_move_is_not_offered_again(watched, monkeypatch, caplog):
+    """done() holds the file's claim until it is moved: rescans during a slow move must not offer it twice."""
+    import edge_agent.sources.folder as folder_module
+
+    root, sources = watched
+    real_move = folder_module.move_unique
+
+    def slow_move(src, dest):
+        time.sleep(0.6)  # six rescans (poll 0.1 s) while the file is still in the camera folder
+        return real_move(src, dest)
+
+    monkeypatch.setattr(folder_module, "move_unique", slow_move)
+    put(root / "a.png")
+    src = make(root, stable_seconds=0.0, after="move", done_dir=root.parent / "done")
+    sources.append(src)
+    got = collect(src, 10, timeout=2.0)
+    assert [i.frame.frame_id for i in got] == ["a.png"]
+    assert (root.parent / "done" / "a.png").is_file() and not (root / "a.png").exists()
+    assert "not done" not in caplog.text
