@@ -49,10 +49,12 @@ class Agent:
         self.stop_event = threading.Event()
         self.on_verdict = on_verdict
         self.registry = Registry()
-        self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
+        # what can be refused (TLS files, credentials, bundles) is checked before anything is created or connected
         name = cfg.agent.name
-        self.mqtt = MQTTPublisher(cfg.mqtt, name) if cfg.mqtt.enabled else None
+        self.mqtt = MQTTPublisher(cfg.mqtt, name) if cfg.mqtt.enabled else None  # connects in start()
         self.s3 = S3Mirror(cfg.s3, name) if cfg.s3.enabled else None
+        inspectors = [Inspector(load_bundle(c.bundle), threads=cfg.agent.threads) for c in cfg.cameras]
+        self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
         self.delivery = DeliveryWorker(self.store, self.mqtt, self.s3, cfg.delivery)
         self.outputs = Outputs(
             name,
@@ -61,7 +63,7 @@ class Agent:
             cfg.s3.upload_images,
             cfg.mqtt.qos,
         )
-        self.cameras = [self._camera(c) for c in cfg.cameras]
+        self.cameras = [self._camera(c, i) for c, i in zip(cfg.cameras, inspectors, strict=True)]
         self.metrics_server = (
             MetricsServer(self.registry, cfg.metrics.host, cfg.metrics.port, self.health)
             if cfg.metrics.enabled
@@ -69,8 +71,7 @@ class Agent:
         )
         self._last_stats = time.monotonic()
 
-    def _camera(self, cam: CameraConfig) -> Camera:
-        inspector = Inspector(load_bundle(cam.bundle), threads=self.cfg.agent.threads)
+    def _camera(self, cam: CameraConfig, inspector: Inspector) -> Camera:
         pipeline = CameraPipeline(
             cam, inspector, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict, self.cfg.agent.min_free_mb
         )

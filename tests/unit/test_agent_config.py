@@ -264,3 +264,18 @@ def test_run_with_a_missing_tls_file_names_its_key(tmp_path, key):
     result = _cli("run", "--config", str(cfg), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"error: mqtt.tls.{key}: cannot read {tmp_path / 'missing.pem'}" in result.stderr
+    assert not (tmp_path / "agent.db").exists(), "nothing may be created before the config is accepted"
+
+
+def test_run_with_a_missing_bundle_creates_nothing(tmp_path):
+    data = {
+        "agent": {"name": "t", "data_dir": str(tmp_path / "data")},
+        "database": {"url": f"sqlite:///{tmp_path / 'agent.db'}"},
+        "cameras": [{"id": "a", "bundle": str(tmp_path / "bundle"), "source": {"type": "folder", "path": "in"}}],
+        "metrics": {"enabled": False},
+    }
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    result = _cli("run", "--config", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "no manifest.json" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "agent.db").exists() and not (tmp_path / "data").exists()
