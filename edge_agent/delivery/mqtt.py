@@ -43,6 +43,8 @@ class MQTTPublisher:
         self.availability_topic = f"{self.base}/availability"
         self.publish_timeout = publish_timeout
         self._connected = threading.Event()
+        self._failed_attempts = 0
+        self._fail_logged_at = float("-inf")
         self._lock = threading.Lock()
         self._camera_status: dict[str, str] = {}
         self._started = False
@@ -195,4 +197,14 @@ class MQTTPublisher:
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         self._connected.clear()
-        log.debug("MQTT connection attempt to %s:%s failed", self.cfg.host, self.cfg.port)
+        self._failed_attempts += 1
+        now = time.monotonic()
+        if now - self._fail_logged_at >= 60.0:  # the first failure, then once a minute while it lasts
+            log.warning(
+                "MQTT cannot connect to %s:%s (broker down or unreachable, or TLS refused); %d attempt(s) so far, "
+                "retrying with back-off; alerts wait in the outbox",
+                self.cfg.host,
+                self.cfg.port,
+                self._failed_attempts,
+            )
+            self._fail_logged_at = now

@@ -41,6 +41,17 @@ def safe_key_part(frame_id: str) -> str:
     return f"{cleaned}-{hashlib.sha1(frame_id.encode(), usedforsecurity=False).hexdigest()[:8]}"
 
 
+WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def quiet_wire_logs() -> None:
+    """Keep boto's loggers at INFO or above: at DEBUG they log request headers (access key id, session token)."""
+    for name in WIRE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 class S3Mirror:
     """Uploads outbox rows (JSON payloads or local files) under ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/``."""
 
@@ -49,6 +60,7 @@ class S3Mirror:
     ) -> None:
         self.cfg = cfg
         self.agent = agent_name
+        quiet_wire_logs()
         access_key = read_secret(cfg.access_key_env, None)
         secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
         self._secrets = [access_key, secret_key]

@@ -161,12 +161,10 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
     for what, secret in secrets.items():
         for where, data in places.items():
             assert secret.encode() not in data, f"the {what} appears in {where}"
-    agent_logs = "".join(r.getMessage() for r in caplog.records if not r.name.startswith(("botocore", "urllib3")))
-    for where, data in {**places, "the agent's logs": agent_logs.encode()}.items():
-        if where != "the logs":  # botocore's DEBUG wire log carries the key id in Authorization: Credential=...
-            assert access_key.encode() not in data, f"the S3 access key id appears in {where}"
-    wire = [r for r in caplog.records if access_key in r.getMessage() + str(r.args)]
-    print(f"S3 access key id in {len(wire)} DEBUG records of {sorted({r.name for r in wire})}")
+    # botocore's DEBUG wire log would carry the key id (Authorization: Credential=...): the mirror keeps it at INFO
+    for where, data in places.items():
+        assert access_key.encode() not in data, f"the S3 access key id appears in {where}"
+    assert not [r for r in caplog.records if r.name.startswith(("botocore", "urllib3")) and r.levelno < logging.INFO]
     print(
         f"searched {len(places)} places ({len(reader.messages)} MQTT messages, {len(objects)} S3 objects, "
         f"{len(caplog.records)} log records) for {len(secrets)} secrets: none found"
