@@ -122,16 +122,25 @@ def resize(image: np.ndarray, size: int, policy: ResizePolicy) -> np.ndarray:
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         image = image[top : top + side, left : left + side]
-    elif policy == "letterbox":
-        side = max(h, w)
-        canvas = np.zeros((side, side, image.shape[2]), image.dtype)
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[top : top + h, left : left + w] = image
-        image = canvas
     shrink = image.shape[0] > size or image.shape[1] > size
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if policy == "letterbox":
+        return letterbox(image, size, interp)
     out = cv2.resize(image, (size, size), interpolation=interp)
     return out if out.ndim == 3 else out[:, :, None]
+
+
+def letterbox(image: np.ndarray, size: int, interp: int) -> np.ndarray:
+    """Scale the longest side to ``size``, then centre on a black size x size canvas (memory ~ size^2 only)."""
+    h, w = image.shape[:2]
+    new_h, new_w = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+    scaled = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    if scaled.ndim == 2:
+        scaled = scaled[:, :, None]
+    canvas = np.zeros((size, size, scaled.shape[2]), image.dtype)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = scaled
+    return canvas
 
 
 def resize_mask(mask: np.ndarray, size: int, policy: ResizePolicy) -> np.ndarray:
@@ -145,11 +154,7 @@ def resize_mask(mask: np.ndarray, size: int, policy: ResizePolicy) -> np.ndarray
         top, left = (h - side) // 2, (w - side) // 2
         m = m[top : top + side, left : left + side]
     elif policy == "letterbox":
-        side = max(h, w)
-        canvas = np.zeros((side, side, 1), np.uint8)
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[top : top + h, left : left + w] = m
-        m = canvas
+        return letterbox(m, size, cv2.INTER_NEAREST)[:, :, 0] > 127
     out = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
     return out > 127
 

@@ -116,3 +116,20 @@ def test_spec_round_trips_through_dict():
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(TypeError):
         PreprocessSpec.from_dict({**spec.to_dict(), "mystery": 1})
+
+
+def test_letterbox_of_a_long_thin_image_stays_small():
+    """1 x 8192 (the largest side accepted): scaled first, so no 8192 x 8192 canvas is ever built."""
+    import tracemalloc
+
+    image = np.full((1, 8192, 3), 200, np.uint8)
+    tracemalloc.start()
+    out = resize(image, 224, "letterbox")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (224, 224, 3)
+    bright_rows = np.flatnonzero(out[:, :, 0].max(axis=1))
+    assert list(bright_rows) == [111] and out[111, :, 0].min() == 200  # one full row in the middle, black bars
+    assert peak < 2 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+    mask = resize_mask(np.ones((1, 8192), np.uint8), 224, "letterbox")
+    assert mask.shape == (224, 224) and list(np.flatnonzero(mask.any(axis=1))) == [111] and mask[111].all()
