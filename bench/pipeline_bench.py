@@ -1,10 +1,12 @@
 """Edge pipeline benchmark: sustained frames/s and latency of decode -> score -> classify -> store -> publish.
 
-Three runs on the same real images (bottle test set at its stored 512x512 resolution), same int8 bundle:
-1. scoring alone: ``Inspector.inspect`` on decoded images (the floor of this design);
+Runs on the same real images (bottle test set at its stored 512x512 resolution), same int8 bundle:
+1. scoring alone: ``Inspector.inspect`` on decoded images (the floor of this design), with one thread and with
+   two threads that each own their interpreters;
 2. full pipeline, replayed: read + decode + score + classify + heatmap + SQLite verdict and outbox, with
    MQTT alerts delivered to a real mosquitto on loopback (and, in a second row, S3 to a moto server);
-3. through the folder source: files dropped into the watched folder, wall time until every verdict is stored.
+3. the agent's folder camera with one and with two scoring workers: files dropped into the watched folder,
+   wall time until every verdict is stored, MQTT and S3 on.
 Run with ``make bench-pipeline``; figures are printed and written to ``bench/results/pipeline.md``.
 """
 
@@ -14,6 +16,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,15 +33,19 @@ from edge_agent.preprocess import read_image
 from edge_agent.records import Frame
 
 
-def _config(tmp: Path, bundle: Path, mqtt_port: int | None, s3_url: str | None, incoming: Path) -> AgentConfig:
+def _config(
+    tmp: Path, bundle: Path, mqtt_port: int | None, s3_url: str | None, incoming: Path, workers: int = 1
+) -> AgentConfig:
+    """One folder camera; ``workers`` scoring threads, whose interpreters share the 2 cores between them."""
     return AgentConfig.model_validate(
         {
-            "agent": {"name": "bench", "data_dir": str(tmp / "data"), "threads": 2},
+            "agent": {"name": "bench", "data_dir": str(tmp / "data"), "threads": max(1, 2 // workers)},
             "database": {"url": f"sqlite:///{tmp / 'bench.db'}"},
             "cameras": [
                 {
                     "id": "cam1",
                     "bundle": str(bundle),
+                    "workers": workers,
                     "source": {
                         "type": "folder",
                         "path": str(incoming),
@@ -55,21 +62,31 @@ def _config(tmp: Path, bundle: Path, mqtt_port: int | None, s3_url: str | None, 
     )
 
 
-def scoring_alone(bundle: Path, paths: list[Path], repeats: int) -> dict[str, float]:
-    """Inspector on pre-decoded images: per-frame ms and frames/s."""
-    inspector = Inspector(load_bundle(bundle), threads=2)
+def scoring_alone(bundle: Path, paths: list[Path], repeats: int, workers: int = 1) -> dict[str, float]:
+    """Inspector on pre-decoded images, ``workers`` threads each with its own interpreters; ms/frame and frames/s."""
     images = [read_image(p) for p in paths]
-    for image in images[:10]:
-        inspector.inspect(image)
-    times = []
-    t_all = time.perf_counter()
-    for _ in range(repeats):
-        for image in images:
+    inspectors = [Inspector(load_bundle(bundle), threads=max(1, 2 // workers)) for _ in range(workers)]
+    for inspector in inspectors:
+        for image in images[:10]:
+            inspector.inspect(image)
+    times: list[float] = []
+
+    def work(inspector: Inspector, share: list[np.ndarray]) -> None:
+        for image in share:
             t0 = time.perf_counter()
             inspector.inspect(image)
             times.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - t_all
-    return _summary(times, wall)
+
+    frames = images * repeats
+    threads = [
+        threading.Thread(target=work, args=(inspector, frames[n::workers])) for n, inspector in enumerate(inspectors)
+    ]
+    t_all = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return _summary(times, time.perf_counter() - t_all)
 
 
 def _summary(times: list[float], wall: float) -> dict[str, float]:
@@ -107,15 +124,23 @@ def replay(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None,
         return {**_summary(times, wall), "drain_after_s": drained, "left_in_outbox": sum(depths.values())}
 
 
-def folder_run(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None) -> dict[str, Any]:
-    """Files dropped at once into the watched folder; wall time until every verdict is stored."""
+def folder_run(
+    bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None, s3_url: str | None, workers: int
+) -> dict[str, Any]:
+    """Files dropped at once into the watched folder; wall time until every verdict is stored; latency per frame."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         incoming = tmp / "in"
         incoming.mkdir()
-        agent = Agent(_config(tmp, bundle, mqtt_port, None, incoming))
-        done = []
-        agent.on_verdict = lambda v: done.append(time.perf_counter())
+        agent = Agent(_config(tmp, bundle, mqtt_port, s3_url, incoming, workers))
+        done: list[float] = []
+        latencies: list[float] = []
+
+        def on_verdict(verdict: Any) -> None:
+            done.append(time.perf_counter())
+            latencies.append(verdict.latency_ms / 1000)
+
+        agent.on_verdict = on_verdict
         agent.start()
         total = len(paths) * repeats
         t0 = time.perf_counter()
@@ -126,7 +151,7 @@ def folder_run(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | N
             time.sleep(0.05)
         wall = (done[-1] if done else time.perf_counter()) - t0
         agent.stop()
-        return {"frames": len(done), "fps": len(done) / wall, "wall_s": wall}
+        return {**_summary(latencies, wall), "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,34 +168,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = sorted(args.images.rglob("*.png"))
     alone = scoring_alone(args.bundle, paths, args.repeats)
+    alone2 = scoring_alone(args.bundle, paths, args.repeats, workers=2)
     with mosquitto() as port:
         full = replay(args.bundle, paths, args.repeats, port, None)
-        folder = folder_run(args.bundle, paths, args.repeats, port)
         with moto_server() as s3_url:
             full_s3 = replay(args.bundle, paths, args.repeats, port, s3_url)
+            folder1 = folder_run(args.bundle, paths, args.repeats, port, s3_url, workers=1)
+            folder2 = folder_run(args.bundle, paths, args.repeats, port, s3_url, workers=2)
     rows = [
-        ("scoring alone (Inspector, decoded images)", alone),
-        ("full pipeline: decode + score + classify + heatmap + SQLite + MQTT", full),
-        ("full pipeline + S3 mirror (moto on loopback)", full_s3),
+        ("scoring alone, 1 thread (2 interpreter threads)", alone, alone),
+        ("scoring alone, 2 threads (1 interpreter thread each)", alone2, alone2),
+        ("replay, 1 thread: decode + score + classify + heatmap + SQLite + MQTT", full, alone),
+        ("replay, 1 thread, + S3 mirror (moto on loopback)", full_s3, alone),
+        ("folder camera, workers 1: files dropped at once, MQTT + S3, until all stored", folder1, alone),
+        ("folder camera, workers 2: files dropped at once, MQTT + S3, until all stored", folder2, alone2),
     ]
     lines = [
-        "| run | frames | frames/s | p50 ms | p99 ms | ratio to scoring alone (fps) |",
+        "| run | frames | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in rows:
+    for name, r, base in rows:
         lines.append(
             f"| {name} | {r['frames']} | {r['fps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['fps'] / alone['fps']:.2f} |"
+            f"{r['fps'] / base['fps']:.2f} |"
         )
-    lines.append(
-        f"| folder source, {folder['frames']} files dropped at once, wall until all stored | "
-        f"{folder['frames']} | {folder['fps']:.1f} | - | - | {folder['fps'] / alone['fps']:.2f} |"
-    )
     bundle = load_bundle(args.bundle)
     text = "\n".join(lines) + (
         f"\n\nBundle {bundle.name} {bundle.version}; {len(paths)} bottle test images (512x512 PNG) x {args.repeats}; "
         f"{os.cpu_count()} CPU cores; outbox left after the run: {full['left_in_outbox']} (MQTT), "
         f"{full_s3['left_in_outbox']} (MQTT+S3), drained {full_s3['drain_after_s']:.1f} s after the last frame. "
+        "Latency: per frame of the whole pipeline for replay rows, of scoring (Inspector) for the folder rows. "
         "Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)

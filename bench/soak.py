@@ -48,6 +48,7 @@ def agent_config(work: Path, bundle: Path, broker: int, s3_url: str, video: Path
         {
             "id": "folder-cam",
             "bundle": str(bundle),
+            "workers": 2,  # two scoring threads share this camera's folder
             "source": {
                 "type": "folder",
                 "path": str(work / "incoming"),
@@ -62,7 +63,7 @@ def agent_config(work: Path, bundle: Path, broker: int, s3_url: str, video: Path
         source = {"type": "stream", "url": str(video), "stall_seconds": 5.0}
         cameras.append({"id": "stream-cam", "bundle": str(bundle), "source": source})
     cfg = {
-        "agent": {"name": AGENT, "data_dir": str(work / "data"), "log_level": "WARNING"},
+        "agent": {"name": AGENT, "data_dir": str(work / "data"), "log_level": "WARNING", "threads": 1},
         "database": {"url": f"sqlite:///{work / 'agent.db'}"},
         "cameras": cameras,
         "mqtt": {"enabled": True, "port": broker, "prefix": "lw", "stats_interval_seconds": 10},

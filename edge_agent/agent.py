@@ -32,13 +32,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Camera:
-    """A running camera: its config, source, pipeline and worker thread."""
+    """A running camera: its config, source, and one pipeline (own interpreters) per scoring thread."""
 
     cfg: CameraConfig
     source: Source
-    pipeline: CameraPipeline
-    thread: threading.Thread | None = None
+    pipelines: list[CameraPipeline]
+    threads: list[threading.Thread] = field(default_factory=list)
     last_frame: float = field(default_factory=time.monotonic)
+
+    @property
+    def pipeline(self) -> CameraPipeline:
+        """The first scoring pipeline (replay and tools use this one)."""
+        return self.pipelines[0]
 
 
 class Agent:
@@ -53,7 +58,9 @@ class Agent:
         name = cfg.agent.name
         self.mqtt = MQTTPublisher(cfg.mqtt, name) if cfg.mqtt.enabled else None  # connects in start()
         self.s3 = S3Mirror(cfg.s3, name) if cfg.s3.enabled else None
-        inspectors = [Inspector(load_bundle(c.bundle), threads=cfg.agent.threads) for c in cfg.cameras]
+        inspectors = [
+            [Inspector(load_bundle(c.bundle), threads=cfg.agent.threads) for _ in range(c.workers)] for c in cfg.cameras
+        ]
         self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
         self.delivery = DeliveryWorker(self.store, self.mqtt, self.s3, cfg.delivery)
         self.outputs = Outputs(
@@ -71,17 +78,20 @@ class Agent:
         )
         self._last_stats = time.monotonic()
 
-    def _camera(self, cam: CameraConfig, inspector: Inspector) -> Camera:
-        pipeline = CameraPipeline(
-            cam, inspector, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict, self.cfg.agent.min_free_mb
-        )
+    def _camera(self, cam: CameraConfig, inspectors: list[Inspector]) -> Camera:
+        pipelines = [
+            CameraPipeline(
+                cam, i, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict, self.cfg.agent.min_free_mb
+            )
+            for i in inspectors
+        ]
         source: Source
         if isinstance(cam.source, FolderSourceConfig):
             source = FolderSource(cam.id, cam.source, is_known=lambda fid, c=cam.id: self.store.has_verdict(c, fid))
         else:
             source = StreamSource(cam.id, cam.source)
         source.on_state(lambda state, c=cam.id: self._camera_state(c, state))
-        return Camera(cam, source, pipeline)
+        return Camera(cam, source, pipelines)
 
     def _verdict(self, verdict: VerdictRecord) -> None:
         self.registry.frames.inc(camera=verdict.camera)
@@ -98,13 +108,17 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.set_camera_status(camera, state)
 
-    def _run_camera(self, camera: Camera) -> None:
-        """Worker loop of one camera: score items until stopped; never dies on one bad frame."""
+    def _run_camera(self, camera: Camera, pipeline: CameraPipeline) -> None:
+        """One scoring thread of a camera: score items until stopped; never dies on one bad frame.
+
+        With several threads each runs its own ``items()`` loop on the shared source (the folder source's queue
+        and the stream's buffer hand each item to one of them).
+        """
         for item in camera.source.items(self.stop_event, timeout=0.5):
             camera.last_frame = time.monotonic()
-            self._handle(camera, item)
+            self._handle(camera, pipeline, item)
 
-    def _handle(self, camera: Camera, item: SourceItem) -> None:
+    def _handle(self, camera: Camera, pipeline: CameraPipeline, item: SourceItem) -> None:
         frame = item.frame
         if item.image is None:
             log.warning("camera=%s frame=%s quarantined: %s", frame.camera, frame.frame_id, item.error)
@@ -112,7 +126,7 @@ class Agent:
             camera.source.done(item, ok=False)
             return
         try:
-            camera.pipeline.process(frame, item.image)
+            pipeline.process(frame, item.image)
         except Exception:  # one frame must never stop the line; the file stays for a retry
             log.exception("camera=%s frame=%s scoring failed", frame.camera, frame.frame_id)
             return
@@ -120,7 +134,7 @@ class Agent:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when every camera thread is alive; details for /healthz."""
-        threads = {c.cfg.id: bool(c.thread and c.thread.is_alive()) for c in self.cameras}
+        threads = {c.cfg.id: bool(c.threads) and all(t.is_alive() for t in c.threads) for c in self.cameras}
         depths = self.store.queue_depths()
         for channel, depth in depths.items():
             self.registry.queue_depth.set(depth, channel=channel)
@@ -136,8 +150,10 @@ class Agent:
             self.metrics_server.start()
         for camera in self.cameras:
             camera.source.start()
-            camera.thread = threading.Thread(target=self._run_camera, args=(camera,), name=f"cam-{camera.cfg.id}")
-            camera.thread.start()
+            for n, pipeline in enumerate(camera.pipelines):
+                name = f"cam-{camera.cfg.id}-{n}"
+                camera.threads.append(threading.Thread(target=self._run_camera, args=(camera, pipeline), name=name))
+                camera.threads[-1].start()
         systemd_notify.ready()
         log.info("agent %s started with %d camera(s)", self.cfg.agent.name, len(self.cameras))
 
@@ -163,8 +179,8 @@ class Agent:
         self.stop_event.set()
         for camera in reversed(self.cameras):
             camera.source.stop()
-            if camera.thread is not None:
-                camera.thread.join(timeout=30)
+            for thread in camera.threads:
+                thread.join(timeout=30)
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.delivery.stop(flush_seconds)

@@ -76,6 +76,9 @@ class CameraConfig(StrictModel):
     save_heatmaps: Literal["anomalous", "all", "none"] = Field(default="anomalous", description="heatmaps to save")
     heatmap_format: Literal["jpg", "png"] = Field(default="jpg", description="jpg: ~5x smaller and faster to write")
     classify_all: bool = Field(default=False, description="run the defect-type classifier on normal frames too")
+    workers: int = Field(
+        default=1, ge=1, le=8, description="scoring threads, each with its own interpreters (2 = a frame per core)"
+    )
 
 
 class DatabaseConfig(StrictModel):
