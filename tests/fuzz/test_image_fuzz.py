@@ -95,7 +95,9 @@ for path in sorted(Path(sys.argv[1]).iterdir()):
         result = {"error": f"{type(err).__name__}: {err}"}
     result.update(name=path.name, decoder_called=bool(calls), seconds=time.perf_counter() - started)
     print(json.dumps(result), flush=True)
-print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec (a big pytest parent)
+hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"maxrss_mb": hwm_kb // 1024}))
 """
 
 
