@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install linewatch with its extras
 
-system-deps:  ## Debian packages the tests need (a real MQTT broker, Chromium for the review page); installs them when missing and root
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
-	@test -x /usr/bin/chromium || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+system-deps:  ## Debian packages the tests need (mosquitto, Chromium for the review page, shellcheck); installs them when missing and root
+	@missing=""; \
+	  { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	  test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	  command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else echo "missing Debian packages:$$missing (run as root: apt-get install$$missing)"; fi; \
+	  fi
 
 run: install  ## main job: build the demo bundle (train + int8 export on bottle), run the agent on a demo folder
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
