@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-access")  # moto accepts any key pair
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     paths = sorted(args.images.rglob("*.png"))
     alone = scoring_alone(args.bundle, paths, args.repeats)
     alone2 = scoring_alone(args.bundle, paths, args.repeats, workers=2)

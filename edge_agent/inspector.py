@@ -12,7 +12,7 @@ import numpy as np
 from edge_agent.bundle import Bundle, ModelEntry
 from edge_agent.errors import BundleError
 from edge_agent.preprocess import normalise, prepare
-from edge_agent.runtime import TFLiteModel
+from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, gaussian_smooth, patch_embedding, reconstruction_map
 
 
@@ -124,6 +124,7 @@ class Inspector:
             raise BundleError(f"bundle {bundle.path}: unknown scorer kind {entry.kind!r}")
         if entry.calibration is None:
             raise BundleError(f"bundle {bundle.path}: scorer has no calibration")
+        limit_blas_threads(1)  # BLAS threads would spin on the cores the interpreter uses
         self.bundle = bundle
         self.entry = entry
         self.calibration = entry.calibration
