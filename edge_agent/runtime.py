@@ -31,6 +31,7 @@ def limit_blas_threads(threads: int = 1) -> None:
         return
     threadpool_limits(limits=threads, user_api="blas")
 
+
 _CANDIDATES = (
     ("ai_edge_litert.interpreter", "ai_edge_litert"),
     ("tflite_runtime.interpreter", "tflite_runtime"),
