@@ -132,6 +132,8 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
             assert time.monotonic() < deadline, f"verdicts/outbox: {agent.store.queue_depths()}"
             time.sleep(0.2)
             agent._maybe_publish_stats()  # what run_forever does each second
+        time.sleep(0.6)  # a fast run can end within one stats interval: publish one snapshot for sure
+        agent._maybe_publish_stats()
     finally:
         agent.stop()
     time.sleep(0.5)
