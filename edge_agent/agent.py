@@ -58,8 +58,10 @@ class Agent:
         name = cfg.agent.name
         self.mqtt = MQTTPublisher(cfg.mqtt, name) if cfg.mqtt.enabled else None  # connects in start()
         self.s3 = S3Mirror(cfg.s3, name) if cfg.s3.enabled else None
+        bundles = [load_bundle(c.bundle) for c in cfg.cameras]  # read and hash-checked once per camera
         inspectors = [
-            [Inspector(load_bundle(c.bundle), threads=cfg.agent.threads) for _ in range(c.workers)] for c in cfg.cameras
+            [Inspector(bundle, threads=cfg.agent.threads) for _ in range(c.workers)]
+            for c, bundle in zip(cfg.cameras, bundles, strict=True)
         ]
         self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
         self.delivery = DeliveryWorker(self.store, self.mqtt, self.s3, cfg.delivery)
