@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from edge_agent.config_base import StrictModel, load_yaml_config
+from edge_agent.config_base import StrictModel, load_yaml_config, repeated
 
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -208,8 +208,7 @@ class AgentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> AgentConfig:
-        ids = [c.id for c in self.cameras]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        duplicates = repeated([c.id for c in self.cameras])
         if duplicates:
             msg = f"camera ids must be unique, repeated: {duplicates}"
             raise ValueError(msg)

@@ -19,6 +19,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def repeated(values: list[str]) -> list[str]:
+    """The values that occur more than once, sorted (for "must be unique" checks)."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem, each naming the YAML key path (``a.b.0.c``)."""
     lines = [f"invalid config {source}:"]

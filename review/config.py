@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge_agent.config_base import StrictModel, load_yaml_config
+from edge_agent.config_base import StrictModel, load_yaml_config, repeated
 
 Role = Literal["reviewer", "viewer"]
 TimeRange = Literal["1h", "24h", "7d", "30d", "all"]
@@ -124,8 +124,7 @@ class ReviewConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_users(self) -> ReviewConfig:
-        names = [u.name for u in self.users]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated([u.name for u in self.users])
         if duplicates:
             msg = f"user names must be unique, repeated: {duplicates}"
             raise ValueError(msg)
