@@ -5,7 +5,10 @@ Layout of a bundle folder::
     manifest.json          format version, name, version, per-model entries, SHA-256 of every file
     scorer.tflite          anomaly scorer graph (PatchCore backbone or autoencoder)
     memory_bank.npy        PatchCore only: float32 memory bank (score maths stays outside the graph)
-    classifier.tflite      optional defect-type classifier
+    classifier.tflite      optional defect-type classifier (format 1, or format 2 when it has its own graph)
+
+Format 2 adds ``shares_graph_of`` to a model entry: the classifier's softmax is then an extra output of the
+scorer's graph (one int8 pass gives both the feature maps and the defect type). Format 1 bundles still load.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from edge_agent.errors import BundleError
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.scoring import Calibration
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -47,6 +51,7 @@ class ModelEntry:
     params: dict[str, Any]
     calibration: Calibration | None
     class_names: list[str]
+    shares_graph_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ def parse_entry(role: str, raw: dict[str, Any]) -> ModelEntry:
         params=raw.get("params", {}),
         calibration=Calibration.from_dict(calibration) if calibration else None,
         class_names=list(raw.get("class_names", [])),
+        shares_graph_of=raw.get("shares_graph_of"),
     )
 
 
@@ -105,8 +111,9 @@ def load_bundle(path: str | Path) -> Bundle:
     except (OSError, json.JSONDecodeError) as err:
         raise BundleError(f"bundle {path}: unreadable {MANIFEST}: {err}") from err
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        msg = f"bundle {path}: format version {version!r} is not supported (this agent reads {FORMAT_VERSION})"
+    if version not in SUPPORTED_FORMATS:
+        supported = ", ".join(map(str, SUPPORTED_FORMATS))
+        msg = f"bundle {path}: format version {version!r} is not supported (this agent reads {supported})"
         raise BundleError(msg)
     for name, expected in manifest.get("files", {}).items():
         file = path / name
@@ -125,4 +132,8 @@ def load_bundle(path: str | Path) -> Bundle:
     for entry in models.values():
         if entry.file not in manifest.get("files", {}):
             raise BundleError(f"bundle {path}: {entry.file} is not covered by a hash")
+        owner = models.get(entry.shares_graph_of or "")
+        if entry.shares_graph_of is not None and (owner is None or owner.file != entry.file or version < 2):
+            msg = f"bundle {path}: {entry.role} shares the graph of {entry.shares_graph_of!r}, which is not in it"
+            raise BundleError(msg)
     return Bundle(path, manifest, models)

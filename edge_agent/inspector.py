@@ -28,13 +28,14 @@ class InspectionResult:
     defect_type: str | None
     type_confidence: float | None
     latency_ms: float
+    type_probabilities: np.ndarray | None = None
 
 
 class MapScorer(Protocol):
-    """Anything that turns a prepared uint8 image into (score, anomaly map)."""
+    """Anything that turns a prepared uint8 image into (score, anomaly map, extra head output or None)."""
 
-    def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
-        """Image score and anomaly map."""
+    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Image score, anomaly map and the graph's non-spatial output (a shared classifier's softmax)."""
         ...
 
 
@@ -51,24 +52,35 @@ def _check_io(model: TFLiteModel, entry: ModelEntry) -> None:
 
 
 class PatchCoreTFLite:
-    """PatchCore: backbone in TFLite, memory-bank distance and smoothing in float32 numpy."""
+    """PatchCore: backbone in TFLite, memory-bank distance and smoothing in float32 numpy.
+
+    The graph's 4-D outputs are the feature maps; a 2-D output, when there is one, is the softmax of a classifier
+    head sharing the backbone (bundle format 2), returned as the head output.
+    """
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
         self.entry = entry
         self.model = TFLiteModel(folder / entry.file, threads)
         _check_io(self.model, entry)
-        self.index = NearestNeighbourIndex(np.load(folder / entry.params["memory_bank"]))
+        self.index = NearestNeighbourIndex(np.load(folder / entry.params["memory_bank"]), threads)
         self.pool = int(entry.params.get("pool", 3))
         self.sigma = float(entry.params.get("blur_sigma", 4.0))
+        self.head_width = next((t.shape[-1] for t in self.model.outputs if len(t.shape) == 2), None)
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
         """Image score (max of the map) and the smoothed distance map."""
-        maps = self.model(normalise(prepared[None], self.entry.preprocess))
-        per_image = [m[0] for m in maps]
+        score, amap, _ = self.score_and_head(prepared)
+        return score, amap
+
+    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Score, map and the shared classifier head's output (None without a head)."""
+        outputs = self.model(normalise(prepared[None], self.entry.preprocess))
+        per_image = [o[0] for o in outputs if o.ndim == 4]
+        head = next((o[0] for o in outputs if o.ndim == 2), None)
         patches = patch_embedding(per_image, self.pool)
         grid = per_image[0].shape[:2]
         amap = distance_map(self.index.distances(patches), grid, self.entry.preprocess.size, self.sigma)
-        return float(amap.max()), amap
+        return float(amap.max()), amap, head
 
 
 class AutoencoderTFLite:
@@ -88,28 +100,49 @@ class AutoencoderTFLite:
         amap = gaussian_smooth(reconstruction_map(x[0], recon[0], self.ssim_weight), self.sigma)
         return float(amap.max()), amap
 
+    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, None]:
+        """Score and map; the autoencoder has no classifier head."""
+        return (*self.score(prepared), None)
+
 
 class DefectClassifier:
-    """Defect-type classifier: softmax over ['good', *defect types]."""
+    """Defect-type classifier: softmax over ['good', *defect types], from its own graph or the scorer's head."""
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
         self.entry = entry
-        self.model = TFLiteModel(folder / entry.file, threads)
-        _check_io(self.model, entry)
         self.class_names = entry.class_names
+        self.model: TFLiteModel | None = None
+        if entry.shares_graph_of is None:
+            self.model = TFLiteModel(folder / entry.file, threads)
+            _check_io(self.model, entry)
 
-    def probabilities(self, image_rgb: np.ndarray) -> np.ndarray:
-        """Class probabilities (softmax output, renormalised after int8 rounding)."""
-        x = normalise(prepare(image_rgb, self.entry.preprocess)[None], self.entry.preprocess)
-        probs = np.clip(self.model(x)[0][0].astype(np.float64), 0.0, None)
+    def probabilities(
+        self, image_rgb: np.ndarray, prepared: np.ndarray | None = None, head: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Class probabilities (softmax, renormalised after int8 rounding).
+
+        A classifier sharing the scorer's graph needs that graph's ``head`` output; one with its own graph reuses
+        ``prepared`` (the image already resized with this classifier's pre-processing) when given.
+        """
+        if self.model is None:
+            if head is None:
+                raise BundleError(f"classifier shares the graph of {self.entry.shares_graph_of}: pass its output")
+            raw = head
+        else:
+            image = prepared if prepared is not None else prepare(image_rgb, self.entry.preprocess)
+            raw = self.model(normalise(image[None], self.entry.preprocess))[0][0]
+        probs = np.clip(np.asarray(raw, np.float64), 0.0, None)
         return probs / max(probs.sum(), 1e-12)
 
-    def classify(self, image_rgb: np.ndarray) -> tuple[str, float]:
+    def pick(self, probs: np.ndarray) -> tuple[str, float]:
         """Most likely defect type (never 'good' when a defect type exists) and its probability."""
-        probs = self.probabilities(image_rgb)
         order = np.argsort(probs)[::-1]
         best = next((i for i in order if self.class_names[i] != "good"), order[0])
         return self.class_names[best], float(probs[best])
+
+    def classify(self, image_rgb: np.ndarray) -> tuple[str, float]:
+        """Most likely defect type of an image, through the classifier's own graph."""
+        return self.pick(self.probabilities(image_rgb))
 
 
 SCORERS = {"patchcore": PatchCoreTFLite, "autoencoder": AutoencoderTFLite}
@@ -131,6 +164,13 @@ class Inspector:
         self.scorer: MapScorer = SCORERS[entry.kind](entry, bundle.path, threads)
         classifier = bundle.models.get("classifier")
         self.classifier = DefectClassifier(classifier, bundle.path, threads) if classifier else None
+        if classifier is not None and classifier.shares_graph_of is not None:
+            width = getattr(self.scorer, "head_width", None)
+            if classifier.shares_graph_of != "scorer" or width != len(classifier.class_names):
+                msg = f"bundle {bundle.path}: the scorer graph has no {len(classifier.class_names)}-class head output"
+                raise BundleError(msg)
+        # the classifier reuses the scorer's resized image when both want the same pre-processing
+        self.same_preprocess = classifier is not None and classifier.preprocess == entry.preprocess
 
     def inspect(
         self, image_rgb: np.ndarray, classify_all: bool = False, threshold: float | None = None
@@ -138,11 +178,13 @@ class Inspector:
         """Verdict for one RGB uint8 image of any size (``threshold`` overrides the bundle's)."""
         t0 = time.perf_counter()
         threshold = self.calibration.threshold if threshold is None else threshold
-        score, amap = self.scorer.score(prepare(image_rgb, self.entry.preprocess))
+        prepared = prepare(image_rgb, self.entry.preprocess)
+        score, amap, head = self.scorer.score_and_head(prepared)
         anomalous = score >= threshold
-        defect_type, confidence = None, None
+        defect_type, confidence, probs = None, None, None
         if self.classifier is not None and (anomalous or classify_all):
-            defect_type, confidence = self.classifier.classify(image_rgb)
+            probs = self.classifier.probabilities(image_rgb, prepared if self.same_preprocess else None, head)
+            defect_type, confidence = self.classifier.pick(probs)
         return InspectionResult(
             score=score,
             normalised_score=float(self.calibration.normalise(score)),
@@ -152,4 +194,5 @@ class Inspector:
             defect_type=defect_type,
             type_confidence=confidence,
             latency_ms=(time.perf_counter() - t0) * 1000,
+            type_probabilities=probs,
         )

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", default="classifier-transfer", help="classifier folder, or '' for none")
     parser.add_argument("--max-auroc-drop", type=float, default=0.01, help="parity gate on image AUROC")
     parser.add_argument("--min-agreement", type=float, default=0.9, help="parity gate on classifier top-1")
+    parser.add_argument(
+        "--separate-graphs", action="store_true", help="give the classifier its own graph even when it could share"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LINEWATCH_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     from model_export.export import ParityError, export_bundle
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             args.classifier or None,
             args.max_auroc_drop,
             args.min_agreement,
+            share_backbone=not args.separate_graphs,
         )
     except ParityError as err:
         print(f"export FAILED, no bundle written: {err}", file=sys.stderr)

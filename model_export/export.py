@@ -79,16 +79,30 @@ def _io_entry(tflite_bytes: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 
 def export_scorer(
-    folder: Path, splits: DatasetSplits, cfg: TrainConfig, precision: Precision, staging: Path, max_drop: float
+    folder: Path,
+    splits: DatasetSplits,
+    cfg: TrainConfig,
+    precision: Precision,
+    staging: Path,
+    max_drop: float,
+    graph: keras.Model | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Convert the scorer, re-fit its calibration on exported scores, check parity; returns (entry, figures)."""
+    """Convert the scorer, re-fit its calibration on exported scores, check parity; returns (entry, figures).
+
+    ``graph`` replaces the scorer's own Keras model by one that also carries the classifier head
+    (:func:`model_export.fuse.shared_backbone_model`); its int8 ranges are then calibrated on the normal training
+    images plus the defective images the classifier was trained on, so that the head's ranges cover defects.
+    """
     kind = _scorer_kind(folder)
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
     params = read_json(folder / "calibration.json")
     model_file = folder / ("backbone.keras" if kind == "patchcore" else "model.keras")
-    model = keras.models.load_model(model_file, compile=False)
-    train_images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES], spec)
-    tflite = convert(model, precision, normalise(train_images, spec))
+    model = graph or keras.models.load_model(model_file, compile=False)
+    calibration_images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES], spec)
+    if graph is not None:
+        defects, _ = load_images([s for s in splits.test if s.label == 1][:MAX_CALIBRATION_IMAGES], spec)
+        calibration_images = np.concatenate([calibration_images, defects])
+    tflite = convert(model, precision, normalise(calibration_images, spec))
     (staging / "scorer.tflite").write_bytes(tflite)
     input_info, outputs = _io_entry(tflite)
     entry: dict[str, Any] = {
@@ -126,6 +140,7 @@ def export_scorer(
         "f1_export": metrics.binary_report(labels, (edge_scores >= calibration.threshold).astype(int))["f1"],
         "size_float_bytes": model_file.stat().st_size,
         "size_export_bytes": len(tflite),
+        "graph": "shared with the classifier" if graph is not None else "own",
     }
     if splits.has_masks:
         masks = load_masks(test_samples, spec)
@@ -144,46 +159,83 @@ def export_scorer(
 def export_classifier(
     folder: Path, splits: DatasetSplits, precision: Precision, staging: Path, min_agreement: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Convert the defect-type classifier; gate on top-1 agreement with the float model."""
+    """Convert the defect-type classifier into its own graph; gate on top-1 agreement with the float model."""
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    class_names = read_json(folder / "calibration.json")["class_names"]
     model = keras.models.load_model(folder / "model.keras", compile=False)
     calib_images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES], spec)
-    test_images, test_samples = load_images(splits.test, spec)
+    test_images, _ = load_images(splits.test, spec)
     representative = normalise(np.concatenate([calib_images, test_images]), spec)
     tflite = convert(model, precision, representative)
     (staging / "classifier.tflite").write_bytes(tflite)
     input_info, outputs = _io_entry(tflite)
-    entry: dict[str, Any] = {
+    entry = _classifier_entry(folder, "classifier.tflite", precision, input_info, outputs)
+    edge = DefectClassifier(parse_entry("classifier", entry), staging, threads=2)
+    figures = _classifier_parity(folder, splits, model, [edge.probabilities(image) for image in test_images])
+    figures.update(precision=precision, size_export_bytes=len(tflite))
+    _gate_classifier(figures, precision, min_agreement)
+    return entry, figures
+
+
+def shared_classifier_entry(
+    folder: Path, splits: DatasetSplits, scorer_entry: dict[str, Any], staging: Path, min_agreement: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Entry of a classifier whose softmax is the scorer graph's head output; same parity gate as its own graph."""
+    head = next(o for o in scorer_entry["outputs"] if len(o["shape"]) == 2)
+    entry = _classifier_entry(folder, scorer_entry["file"], scorer_entry["precision"], scorer_entry["input"], [head])
+    entry["shares_graph_of"] = "scorer"
+    scorer = PatchCoreTFLite(parse_entry("scorer", scorer_entry), staging, threads=2)
+    classifier = DefectClassifier(parse_entry("classifier", entry), staging, threads=2)
+    spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
+    test_images, _ = load_images(splits.test, spec)
+    probs = [classifier.probabilities(image, head=scorer.score_and_head(image)[2]) for image in test_images]
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    figures = _classifier_parity(folder, splits, model, probs)
+    figures.update(precision=scorer_entry["precision"], size_export_bytes=0, graph="shared with the scorer")
+    _gate_classifier(figures, scorer_entry["precision"], min_agreement)
+    return entry, figures
+
+
+def _classifier_entry(
+    folder: Path, file: str, precision: str, input_info: dict[str, Any], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
         "kind": "classifier",
-        "file": "classifier.tflite",
+        "file": file,
         "precision": precision,
-        "preprocess": spec.to_dict(),
+        "preprocess": read_json(folder / "preprocess.json"),
         "input": input_info,
         "outputs": outputs,
-        "class_names": class_names,
+        "class_names": read_json(folder / "calibration.json")["class_names"],
         "params": {},
         "source_model": read_json(folder / "meta.json")["name"],
     }
-    edge = DefectClassifier(parse_entry("classifier", entry), staging, threads=2)
+
+
+def _classifier_parity(
+    folder: Path, splits: DatasetSplits, model: keras.Model, edge_probs: list[np.ndarray]
+) -> dict[str, Any]:
+    """Top-1 agreement of the exported classifier with the float model on the test split's images."""
+    spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
+    class_names = read_json(folder / "calibration.json")["class_names"]
+    test_images, test_samples = load_images(splits.test, spec)
     float_pred = np.asarray(model.predict(normalise(test_images, spec), verbose=0)).argmax(axis=1)
-    edge_pred = np.array([edge.probabilities(image).argmax() for image in test_images])
+    edge_pred = np.array([p.argmax() for p in edge_probs])
     labels = np.array([class_names.index(s.defect_type) for s in test_samples])
-    agreement = float((float_pred == edge_pred).mean())
-    figures = {
+    return {
         "model": "classifier",
-        "precision": precision,
-        "top1_agreement": agreement,
+        "top1_agreement": float((float_pred == edge_pred).mean()),
         "accuracy_float": float((float_pred == labels).mean()),
         "accuracy_export": float((edge_pred == labels).mean()),
         "size_float_bytes": (folder / "model.keras").stat().st_size,
-        "size_export_bytes": len(tflite),
         "note": "accuracy on images the shipped classifier was trained on: a parity check, not an evaluation",
     }
-    if agreement < min_agreement:
+
+
+def _gate_classifier(figures: dict[str, Any], precision: str, min_agreement: float) -> None:
+    if figures["top1_agreement"] < min_agreement:
+        agreement = figures["top1_agreement"]
         msg = f"classifier {precision}: top-1 agreement with float {agreement:.3f} is below the gate {min_agreement}"
         raise ParityError(msg)
-    return entry, figures
 
 
 def export_bundle(
@@ -195,20 +247,37 @@ def export_bundle(
     classifier: str | None = "classifier-transfer",
     max_auroc_drop: float = 0.01,
     min_agreement: float = 0.9,
+    share_backbone: bool = True,
 ) -> ExportReport:
-    """Export ``run_dir/<scorer>`` (and the classifier) into the bundle folder ``out``; atomic on success."""
+    """Export ``run_dir/<scorer>`` (and the classifier) into the bundle folder ``out``; atomic on success.
+
+    With ``share_backbone`` the classifier becomes a head of the scorer's graph when the two can share it
+    (:mod:`model_export.fuse`); otherwise, or when they cannot, it gets its own graph.
+    """
+    from model_export.fuse import shared_backbone_model
+
     splits = load_dataset(cfg.dataset)
     report = ExportReport(bundle=None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    classifier_dir = run_dir / classifier if classifier else None
+    if classifier_dir is not None and not (classifier_dir / "model.keras").is_file():
+        classifier_dir = None
+    graph = None
+    if classifier_dir is not None and share_backbone:
+        graph = shared_backbone_model(run_dir / scorer, classifier_dir)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         staging = Path(tmp)
         models: dict[str, Any] = {}
         models["scorer"], report.figures["scorer"] = export_scorer(
-            run_dir / scorer, splits, cfg, precision, staging, max_auroc_drop
+            run_dir / scorer, splits, cfg, precision, staging, max_auroc_drop, graph
         )
-        if classifier and (run_dir / classifier / "model.keras").is_file():
+        if classifier_dir is not None and graph is not None:
+            models["classifier"], report.figures["classifier"] = shared_classifier_entry(
+                classifier_dir, splits, models["scorer"], staging, min_agreement
+            )
+        elif classifier_dir is not None:
             models["classifier"], report.figures["classifier"] = export_classifier(
-                run_dir / classifier, splits, precision, staging, min_agreement
+                classifier_dir, splits, precision, staging, min_agreement
             )
         _write_manifest(staging, models, splits, cfg, precision, report.figures)
         load_bundle(staging)  # the agent's own check, before the bundle becomes visible

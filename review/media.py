@@ -72,15 +72,15 @@ def inspect_bytes(inspector: Inspector, data: bytes, name: str = "<upload>") -> 
 
 def inspect_image(inspector: Inspector, image: np.ndarray) -> LiveInspection:
     """Score an RGB uint8 image; classify it even when normal, so the type probabilities can be shown."""
-    result = inspector.inspect(image)
+    result = inspector.inspect(image, classify_all=True)
     cal = inspector.calibration
     predicted = result.anomaly_map >= cal.pixel_threshold
     high = max(cal.threshold * 1.5, cal.center + 1e-6)  # the agent's colour scale (edge_agent.pipeline)
     overlay_bgr = render_heatmap(image, result.anomaly_map, cal.center, high, predicted_mask=predicted)
     probabilities: dict[str, float] = {}
-    if inspector.classifier is not None:
-        probs = inspector.classifier.probabilities(image)
-        probabilities = {n: float(p) for n, p in zip(inspector.classifier.class_names, probs, strict=True)}
+    if inspector.classifier is not None and result.type_probabilities is not None:
+        names = inspector.classifier.class_names
+        probabilities = {n: float(p) for n, p in zip(names, result.type_probabilities, strict=True)}
     return LiveInspection(result, image, cv2.cvtColor(overlay_bgr, cv2.COLOR_BGR2RGB), probabilities)
 
 

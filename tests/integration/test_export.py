@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.bundle import load_bundle
@@ -92,3 +93,83 @@ def test_edge_inference_runs_without_tensorflow(bottle_bundle, datasets_root):
     assert lines["backend"] == "ai_edge_litert"
     assert lines["image0"].startswith("False") and lines["image1"].startswith("True")
     assert "(224, 224)" in lines["image1"]
+
+
+@pytest.fixture(scope="module")
+def run_with_classifier(bottle_run, bottle_config, tmp_path_factory):
+    """The session's bottle run plus a briefly trained transfer classifier (2 folds, 2 epochs, no augmentation)."""
+    from training.config import ClassifierConfig, load_train_config
+    from training.data import load_dataset
+    from training.train_classifier import train_and_save
+
+    run = tmp_path_factory.mktemp("with-classifier") / "run"
+    shutil.copytree(bottle_run / "patchcore", run / "patchcore")
+    splits = load_dataset(load_train_config(bottle_config).dataset)
+    cfg = ClassifierConfig(size=224, epochs=2, batch_size=16, folds=2, patience=2)
+    train_and_save("transfer", splits, cfg, run / "classifier-transfer")
+    return run
+
+
+def _export(run: Path, config: Path, out: Path, *extra: str) -> dict:
+    args = ["--config", str(config), "--run", str(run), "--out", str(out), "--min-agreement", "0.8", *extra]
+    assert export_main(args) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def shared_bundle(run_with_classifier, bottle_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shared") / "bundle"
+    _export(run_with_classifier, bottle_config, out)
+    return out
+
+
+def test_classifier_shares_the_backbone_graph(
+    run_with_classifier, shared_bundle, bottle_config, datasets_root, tmp_path
+):
+    import keras
+
+    from edge_agent.inspector import Inspector
+    from edge_agent.preprocess import normalise, prepare, read_image
+
+    shared = json.loads((shared_bundle / "manifest.json").read_text())
+    assert shared["format_version"] == 2
+    entry = shared["models"]["classifier"]
+    assert entry["shares_graph_of"] == "scorer" and entry["file"] == "scorer.tflite"
+    assert "classifier.tflite" not in shared["files"]
+    assert [o["shape"] for o in shared["models"]["scorer"]["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112], [1, 4]]
+    figures = shared["metrics"]
+    assert figures["scorer"]["auroc_export"] >= figures["scorer"]["auroc_float"] - 0.01
+    assert figures["classifier"]["top1_agreement"] >= 0.8
+
+    separate = _export(run_with_classifier, bottle_config, tmp_path / "separate", "--separate-graphs")
+    assert separate["models"]["classifier"]["file"] == "classifier.tflite"
+    assert "shares_graph_of" not in separate["models"]["classifier"]
+
+    float_model = keras.models.load_model(run_with_classifier / "classifier-transfer" / "model.keras")
+    one, two = Inspector(load_bundle(shared_bundle)), Inspector(load_bundle(tmp_path / "separate"))
+    assert one.classifier is not None and one.classifier.model is None  # no second graph loaded
+    for path in sorted((datasets_root / "mvtec_ad/bottle/test").glob("*/00[0-2].png")):
+        image = read_image(path)
+        a, b = one.inspect(image, classify_all=True), two.inspect(image, classify_all=True)
+        spec = one.classifier.entry.preprocess
+        reference = float_model.predict(normalise(prepare(image, spec)[None], spec), verbose=0)[0]
+        assert a.type_probabilities is not None and b.type_probabilities is not None
+        assert a.type_probabilities.sum() == pytest.approx(1.0)
+        assert np.abs(a.type_probabilities - reference).max() < 0.15, path
+        assert np.abs(b.type_probabilities - reference).max() < 0.15, path
+        assert a.anomalous == b.anomalous, path
+
+
+def test_a_shared_head_must_match_the_class_list(shared_bundle, tmp_path):
+    from edge_agent.inspector import Inspector
+
+    shutil.copytree(shared_bundle, tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["models"]["classifier"]["class_names"].append("extra")
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="no 5-class head output"):
+        Inspector(load_bundle(tmp_path / "b"))
+    manifest["models"]["classifier"]["shares_graph_of"] = "nothing"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="shares the graph of 'nothing'"):
+        load_bundle(tmp_path / "b")

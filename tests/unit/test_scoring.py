@@ -25,6 +25,16 @@ def test_nearest_neighbour_matches_brute_force():
     assert NearestNeighbourIndex(bank).distances(bank[:5]).max() < 1e-2
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_search_gives_the_same_distances(threads):
+    rng = np.random.default_rng(1)
+    bank = rng.standard_normal((400, 16)).astype(np.float32)
+    queries = rng.standard_normal((785, 16)).astype(np.float32)  # not a multiple of the thread count
+    single = NearestNeighbourIndex(bank).distances(queries, chunk=100)
+    threaded = NearestNeighbourIndex(bank, threads=threads).distances(queries, chunk=100)
+    np.testing.assert_allclose(threaded, single, rtol=1e-5)  # BLAS blocks differ by rounding only
+
+
 def test_patch_embedding_upsamples_coarse_maps():
     fine = np.ones((8, 8, 4), np.float32)
     coarse = np.arange(16 * 6, dtype=np.float32).reshape(4, 4, 6)
