@@ -77,7 +77,11 @@ def float_keras_latency(run_dir: Path, images: list[np.ndarray]) -> list[float]:
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
     params = read_json(folder / "calibration.json")
     scorer = PatchCoreScorer(
-        keras_forward(keras.models.load_model(folder / "backbone.keras")), spec, params["blur_sigma"], params["pool"]
+        keras_forward(keras.models.load_model(folder / "backbone.keras")),
+        spec,
+        params["blur_sigma"],
+        params["pool"],
+        params.get("score_top_fraction"),
     )
     scorer.set_bank(np.load(folder / "memory_bank.npy"))
     out = []
@@ -144,10 +148,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(_model_row(name, "autoencoder", row["figures"]["autoencoder"], row["autoencoder_ms"], None))
         if "patchcore_classifier_ms" in row:
             med, p99 = row["patchcore_classifier_ms"]
-            size = row["figures"]["patchcore"]["classifier"]["size_export_bytes"] / 1024
+            classifier = row["figures"]["patchcore"]["classifier"]
+            size = f"+ {classifier['size_export_bytes'] / 1024:.0f}"
+            if classifier.get("graph") == "shared with the scorer":
+                size = "one graph (head on the backbone)"
             lines.append(
-                f"| {name} | patchcore + classifier, end to end | + {size:.0f} | - | - | - | "
-                f"{med:.1f} / {p99:.1f} | - | - |"
+                f"| {name} | patchcore + classifier, end to end | {size} | - | - | - | {med:.1f} / {p99:.1f} | - | - |"
             )
     lines += ["", "| data set | images/s, 1 process x 2 threads | images/s, 2 processes x 1 thread | input |"]
     lines.append("|---|---|---|---|")

@@ -13,7 +13,14 @@ from edge_agent.bundle import Bundle, ModelEntry
 from edge_agent.errors import BundleError
 from edge_agent.preprocess import normalise, prepare
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
-from edge_agent.scoring import NearestNeighbourIndex, distance_map, gaussian_smooth, patch_embedding, reconstruction_map
+from edge_agent.scoring import (
+    NearestNeighbourIndex,
+    distance_map,
+    gaussian_smooth,
+    image_score,
+    patch_embedding,
+    reconstruction_map,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class PatchCoreTFLite:
         self.index = NearestNeighbourIndex(np.load(folder / entry.params["memory_bank"]), threads)
         self.pool = int(entry.params.get("pool", 3))
         self.sigma = float(entry.params.get("blur_sigma", 4.0))
+        self.top_fraction = entry.params.get("score_top_fraction")
         self.head_width = next((t.shape[-1] for t in self.model.outputs if len(t.shape) == 2), None)
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
@@ -80,7 +88,7 @@ class PatchCoreTFLite:
         patches = patch_embedding(per_image, self.pool)
         grid = per_image[0].shape[:2]
         amap = distance_map(self.index.distances(patches), grid, self.entry.preprocess.size, self.sigma)
-        return float(amap.max()), amap, head
+        return image_score(amap, self.top_fraction), amap, head
 
 
 class AutoencoderTFLite:

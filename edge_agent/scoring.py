@@ -98,6 +98,15 @@ def distance_map(distances: np.ndarray, grid: tuple[int, int], out_size: int, si
     return gaussian_smooth(full, sigma)
 
 
+def image_score(anomaly_map: np.ndarray, top_fraction: float | None = None) -> float:
+    """Image score from its anomaly map: the maximum, or the mean of the highest ``top_fraction`` of the pixels."""
+    if not top_fraction:
+        return float(anomaly_map.max())
+    flat = anomaly_map.ravel()
+    k = max(1, round(top_fraction * flat.size))
+    return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+
+
 def gaussian_smooth(anomaly_map: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur with a kernel of 4 sigma each side; sigma 0 returns the map unchanged."""
     if sigma <= 0:

@@ -23,7 +23,7 @@ from edge_agent.bundle import FORMAT_VERSION, MANIFEST, load_bundle, parse_entry
 from edge_agent.inspector import AutoencoderTFLite, DefectClassifier, PatchCoreTFLite
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.runtime import TFLiteModel
-from edge_agent.scoring import fit_calibration
+from edge_agent.scoring import fit_calibration, patch_embedding
 from model_export.convert import Precision, convert
 from training import metrics
 from training.artifacts import code_version, read_json
@@ -60,7 +60,7 @@ def _float_scores(folder: Path, kind: str, images: np.ndarray) -> tuple[np.ndarr
     params = read_json(folder / "calibration.json")
     if kind == "patchcore":
         forward = keras_forward(keras.models.load_model(folder / "backbone.keras", compile=False))
-        scorer = PatchCoreScorer(forward, spec, params["blur_sigma"], params["pool"])
+        scorer = PatchCoreScorer(forward, spec, params["blur_sigma"], params["pool"], params.get("score_top_fraction"))
         scorer.set_bank(np.load(folder / "memory_bank.npy"))
         return scorer.score(images)
     model = keras.models.load_model(folder / "model.keras", compile=False)
@@ -113,12 +113,14 @@ def export_scorer(
         "input": input_info,
         "outputs": outputs,
         "calibration": None,
-        "params": {k: params[k] for k in ("blur_sigma", "pool", "ssim_weight") if k in params},
+        "params": {k: params[k] for k in ("blur_sigma", "pool", "ssim_weight", "score_top_fraction") if k in params},
         "source_model": read_json(folder / "meta.json")["name"],
     }
     if kind == "patchcore":
-        shutil.copy(folder / "memory_bank.npy", staging / "memory_bank.npy")
+        bank = refit_memory_bank(TFLiteModel(tflite, 2), splits, spec, params, cfg)
+        np.save(staging / "memory_bank.npy", bank)
         entry["params"]["memory_bank"] = "memory_bank.npy"
+        entry["params"]["bank_size"] = len(bank)
     edge_cls = PatchCoreTFLite if kind == "patchcore" else AutoencoderTFLite
     edge = edge_cls(parse_entry("scorer", entry), staging, threads=2)
     val_images, _ = load_images(splits.validation, spec)
@@ -154,6 +156,38 @@ def export_scorer(
         msg = f"{kind} {precision}: image AUROC {figures['auroc_export']:.4f} vs float {figures['auroc_float']:.4f}"
         raise ParityError(f"{msg}: drop {drop:.4f} exceeds the gate of {max_drop}")
     return entry, figures
+
+
+def refit_memory_bank(
+    model: TFLiteModel, splits: DatasetSplits, spec: PreprocessSpec, params: dict[str, Any], cfg: TrainConfig
+) -> np.ndarray:
+    """PatchCore memory bank rebuilt from the exported graph's own features of the normal training images.
+
+    Same coreset procedure as training (``params["bank"]``, written by training; the data set config for older
+    runs). Comparing int8 features with an int8-built bank cancels the graph's systematic quantisation error:
+    on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794, float 0.750.
+    """
+    from training.models.patchcore import build_memory_bank
+
+    pc = cfg.patchcore
+    bank = params.get("bank") or {
+        "coreset_ratio": pc.coreset_ratio,
+        "max_bank": pc.max_bank,
+        "projection_dim": pc.projection_dim,
+        "rotations": list(pc.bank_rotations),
+        "seed": cfg.dataset.seed,
+    }
+    pool = int(params["pool"])
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        out = []
+        for image in images:
+            maps = [o[0] for o in model(normalise(image[None], spec)) if o.ndim == 4]
+            out.append(patch_embedding(maps, pool))
+        return np.stack(out)
+
+    train_images, _ = load_images(splits.train, spec)
+    return build_memory_bank(embed, train_images, **bank)
 
 
 def export_classifier(

@@ -164,9 +164,16 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
     backbone, (offset, scale) = get_backbone(pc.backbone, pc.size, pc.weights, tuple(pc.taps))
     spec = PreprocessSpec(pc.size, "rgb", pc.resize, offset=offset, scale=scale)
 
-    scorer = PatchCoreScorer(keras_forward(backbone), spec, pc.blur_sigma)
+    scorer = PatchCoreScorer(keras_forward(backbone), spec, pc.blur_sigma, top_fraction=pc.score_top_fraction)
     train_images, _ = load_images(splits.train, spec, splits.skipped)
-    bank = scorer.fit(train_images, pc.coreset_ratio, pc.max_bank, pc.projection_dim, cfg.dataset.seed)
+    bank_params = {
+        "coreset_ratio": pc.coreset_ratio,
+        "max_bank": pc.max_bank,
+        "projection_dim": pc.projection_dim,
+        "rotations": list(pc.bank_rotations),
+        "seed": cfg.dataset.seed,
+    }
+    bank = scorer.fit(train_images, **bank_params)
     train_seconds = time.perf_counter() - t0
     backbone.save(folder / "backbone.keras")
     scorer.save_bank(folder)
@@ -185,7 +192,14 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
         kind="patchcore",
         name=f"{splits.name}-patchcore",
         preprocess=spec,
-        calibration={**calibration.to_dict(), "blur_sigma": pc.blur_sigma, "pool": scorer.pool, "taps": pc.taps},
+        calibration={
+            **calibration.to_dict(),
+            "blur_sigma": pc.blur_sigma,
+            "pool": scorer.pool,
+            "taps": pc.taps,
+            "score_top_fraction": pc.score_top_fraction,
+            "bank": bank_params,
+        },
         metrics=result,
         splits=splits,
     )

@@ -31,6 +31,14 @@ def test_int8_scorer_keeps_float_quality(bottle_bundle):
     assert scorer["calibration"]["threshold"] > scorer["calibration"]["center"]
 
 
+def test_int8_bank_is_built_from_the_int8_features(bottle_bundle, bottle_run):
+    bank = np.load(bottle_bundle / "memory_bank.npy")
+    float_bank = np.load(bottle_run / "patchcore" / "memory_bank.npy")
+    manifest = json.loads((bottle_bundle / "manifest.json").read_text())
+    assert manifest["models"]["scorer"]["params"]["bank_size"] == len(bank) == len(float_bank)
+    assert bank.dtype == np.float32 and not np.array_equal(bank, float_bank)
+
+
 def test_failed_gate_writes_no_bundle(bottle_run, bottle_config, tmp_path, capsys):
     out = tmp_path / "never"
     args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]

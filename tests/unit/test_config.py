@@ -18,6 +18,8 @@ def test_shipped_configs_validate(datasets_root):
     [
         (BASE + "autoencoder: {size: 128, colour: rgb}\n", "autoencoder.colour"),
         (BASE + "patchcore: {coreset_ratio: 2.0}\n", "patchcore.coreset_ratio"),
+        (BASE + "patchcore: {bank_rotations: [90, 45]}\n", "patchcore.bank_rotations.1"),
+        (BASE + "patchcore: {score_top_fraction: 0.9}\n", "patchcore.score_top_fraction"),
         (BASE + "autoencoder: {augment: {hflip: maybe}}\n", "autoencoder.augment.hflip"),
         ("dataset: {name: x, layout: zip, root: y}\n", "dataset.layout"),
         ("threshold: {k: 3}\n", "dataset"),

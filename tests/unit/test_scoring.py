@@ -7,11 +7,12 @@ from edge_agent.scoring import (
     NearestNeighbourIndex,
     distance_map,
     fit_calibration,
+    image_score,
     patch_embedding,
     reconstruction_map,
     ssim_map,
 )
-from training.models.patchcore import greedy_coreset
+from training.models.patchcore import build_memory_bank, greedy_coreset
 
 
 def test_nearest_neighbour_matches_brute_force():
@@ -91,3 +92,30 @@ def test_greedy_coreset_covers_clusters():
     nearest_centre = np.argmin(((chosen[:, None] - centres[None]) ** 2).sum(-1), axis=1)
     assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]
     assert len(set(greedy_coreset(points, 50).tolist())) == 50
+
+
+def test_image_score_is_the_max_or_the_mean_of_the_top_fraction():
+    amap = np.arange(100, dtype=np.float32).reshape(10, 10)
+    assert image_score(amap) == 99.0
+    assert image_score(amap, 0.05) == pytest.approx((95 + 96 + 97 + 98 + 99) / 5)
+    assert image_score(amap, 0.001) == 99.0  # at least one pixel
+
+
+def _pixels_with_position(images: np.ndarray) -> np.ndarray:
+    """Toy embedding: one 'patch' per pixel = (value, row, column), so turned images give other patches."""
+    n, h, w = images.shape[:3]
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    pos = np.broadcast_to(np.stack([rows, cols], -1), (n, h, w, 2))
+    return np.concatenate([images[..., :1].astype(np.float32), pos], -1).reshape(n, h * w, 3)
+
+
+def test_memory_bank_adds_turned_copies_of_the_images():
+    images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
+    plain = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
+    turned = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
+    assert plain.shape == (18, 3) and turned.shape == (54, 3)
+    as_set = {tuple(row) for row in turned.tolist()}
+    # pixel (0, 0) of image 0 lands at (2, 0) after a quarter turn counter-clockwise and at (2, 2) after a half turn
+    assert {(0.0, 0.0, 0.0), (0.0, 2.0, 0.0), (0.0, 2.0, 2.0)} <= as_set
+    capped = build_memory_bank(_pixels_with_position, images, 1.0, 5, None, rotations=[270])
+    assert capped.shape == (10, 3)  # max_bank applies per orientation

@@ -8,17 +8,18 @@ The backbone (a Keras model, later an int8 TFLite graph) produces feature maps; 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edge_agent.preprocess import PreprocessSpec, normalise
-from edge_agent.scoring import NearestNeighbourIndex, distance_map, patch_embedding
+from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score, patch_embedding
 
 log = logging.getLogger(__name__)
 
 FeatureFn = Callable[[np.ndarray], list[np.ndarray]]
+EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 
 def greedy_coreset(features: np.ndarray, n_select: int, projection_dim: int | None = 128, seed: int = 0) -> np.ndarray:
@@ -45,6 +46,33 @@ def greedy_coreset(features: np.ndarray, n_select: int, projection_dim: int | No
     return selected
 
 
+def build_memory_bank(
+    embed: EmbedFn,
+    images: np.ndarray,
+    coreset_ratio: float,
+    max_bank: int,
+    projection_dim: int | None,
+    rotations: Sequence[int] = (),
+    seed: int = 0,
+) -> np.ndarray:
+    """Memory bank (M, D) float32: a greedy coreset of the patch embeddings of normal ``images``.
+
+    ``embed`` maps prepared uint8 images (N, S, S, C) to patch embeddings (N, P, D). ``rotations`` (multiples of
+    90 degrees) add the images turned by that much, for parts seen at any angle; each orientation gets its own
+    coreset of ``coreset_ratio`` of its patches (at most ``max_bank``). Training (Keras features) and export (the
+    exported graph's features) both build their banks here.
+    """
+    banks = []
+    for degrees in (0, *rotations):
+        turned = np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2)))
+        embedded = embed(turned)
+        patches = embedded.reshape(-1, embedded.shape[-1])
+        n_select = min(max(1, round(coreset_ratio * len(patches))), max_bank)
+        log.info("coreset at %d deg: %d of %d patches (dim %d)", degrees, n_select, len(patches), patches.shape[1])
+        banks.append(patches[greedy_coreset(patches, n_select, projection_dim or 128, seed)])
+    return np.concatenate(banks)
+
+
 class PatchCoreScorer:
     """Fit a memory bank on normal images and score new ones (score = max of the smoothed map)."""
 
@@ -54,11 +82,13 @@ class PatchCoreScorer:
         spec: PreprocessSpec,
         blur_sigma: float = 4.0,
         pool: int = 3,
+        top_fraction: float | None = None,
     ) -> None:
         self.features = features
         self.spec = spec
         self.blur_sigma = blur_sigma
         self.pool = pool
+        self.top_fraction = top_fraction
         self.index: NearestNeighbourIndex | None = None
         self.grid: tuple[int, int] | None = None
 
@@ -75,14 +105,16 @@ class PatchCoreScorer:
         return np.stack(out)
 
     def fit(
-        self, images: np.ndarray, coreset_ratio: float, max_bank: int, projection_dim: int | None, seed: int = 0
+        self,
+        images: np.ndarray,
+        coreset_ratio: float,
+        max_bank: int,
+        projection_dim: int | None,
+        seed: int = 0,
+        rotations: Sequence[int] = (),
     ) -> np.ndarray:
         """Build the memory bank from normal training images; returns the bank (M, D) float32."""
-        embedded = self.embed(images)
-        patches = embedded.reshape(-1, embedded.shape[-1])
-        n_select = min(max(1, round(coreset_ratio * len(patches))), max_bank)
-        log.info("coreset: %d of %d patches (dim %d)", n_select, len(patches), patches.shape[1])
-        bank = patches[greedy_coreset(patches, n_select, projection_dim or 128, seed)]
+        bank = build_memory_bank(self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed)
         self.set_bank(bank)
         return bank
 
@@ -91,7 +123,7 @@ class PatchCoreScorer:
         self.index = NearestNeighbourIndex(bank)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores (N,) and anomaly maps (N, size, size) in float32."""
+        """Image scores (N,) and anomaly maps (N, size, size) in float32 (score: see ``image_score``)."""
         if self.index is None:
             msg = "PatchCoreScorer.score called before fit or set_bank"
             raise RuntimeError(msg)
@@ -100,7 +132,7 @@ class PatchCoreScorer:
         maps = np.stack(
             [distance_map(self.index.distances(p), self.grid, self.spec.size, self.blur_sigma) for p in patches]
         )
-        return maps.reshape(len(maps), -1).max(axis=1), maps
+        return np.array([image_score(m, self.top_fraction) for m in maps], np.float32), maps
 
     def save_bank(self, folder: Path) -> Path:
         """Write the memory bank as float32 ``memory_bank.npy``."""
