@@ -149,9 +149,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if "patchcore_classifier_ms" in row:
             med, p99 = row["patchcore_classifier_ms"]
             classifier = row["figures"]["patchcore"]["classifier"]
-            size = f"+ {classifier['size_export_bytes'] / 1024:.0f}"
-            if classifier.get("graph") == "shared with the scorer":
-                size = "one graph (head on the backbone)"
+            size = "one graph (head on the backbone)"
+            if classifier.get("graph") != "shared with the scorer":
+                size = f"+ {classifier['size_export_bytes'] / 1024:.0f}"
             lines.append(
                 f"| {name} | patchcore + classifier, end to end | {size} | - | - | - | {med:.1f} / {p99:.1f} | - | - |"
             )

@@ -84,7 +84,7 @@ def instrument(clock: StageClock) -> None:
     for cls, name, label in [
         (TFLiteModel, "__call__", _graph_label),
         (NearestNeighbourIndex, "distances", "nearest-neighbour search (float32)"),
-        (DefectClassifier, "classify", "classifier softmax + bookkeeping"),
+        (DefectClassifier, "probabilities", "classifier softmax + bookkeeping"),
         (CameraPipeline, "_save_heatmap", "heatmap encode + write (JPEG)"),
         (CameraPipeline, "_keep_original", "original copy"),
         (Store, "record", "SQLite: verdict + outbox rows (one transaction)"),

@@ -224,7 +224,7 @@ def shared_classifier_entry(
     probs = [classifier.probabilities(image, head=scorer.score_and_head(image)[2]) for image in test_images]
     model = keras.models.load_model(folder / "model.keras", compile=False)
     figures = _classifier_parity(folder, splits, model, probs)
-    figures.update(precision=scorer_entry["precision"], size_export_bytes=0, graph="shared with the scorer")
+    figures.update(precision=scorer_entry["precision"], graph="shared with the scorer")
     _gate_classifier(figures, scorer_entry["precision"], min_agreement)
     return entry, figures
 
