@@ -95,19 +95,27 @@ def float_keras_latency(run_dir: Path, images: list[np.ndarray]) -> list[float]:
 
 def bench_dataset(name: str, runs: Path, bundles: Path, n_images: int) -> dict[str, Any]:
     """Export the run of one data set and measure it."""
-    from model_export.export import export_bundle
+    from model_export.export import ParityError, export_bundle
 
     cfg = load_train_config(f"configs/datasets/{name}.yaml")
     run_dir = runs / name
     scorer_bundle = bundles / f"{name}-patchcore"
     ae_bundle = bundles / f"{name}-autoencoder"
-    pc = export_bundle(run_dir, cfg, scorer_bundle, "int8", "patchcore", "classifier-transfer")
+    refused = []
+    try:
+        pc = export_bundle(run_dir, cfg, scorer_bundle, "int8", "patchcore", "classifier-transfer")
+    except ParityError as err:
+        if err.model != "classifier":
+            raise
+        refused.append(f"{err}: the bundle ships the scorer alone")
+        pc = export_bundle(run_dir, cfg, scorer_bundle, "int8", "patchcore", None)
     ae = export_bundle(run_dir, cfg, ae_bundle, "int8", "autoencoder", None)
     splits = load_dataset(cfg.dataset)
     paths = [str(s.path) for s in splits.test][:n_images]
     images = [read_image(p) for p in paths]
     has_classifier = "classifier" in pc.figures
     row: dict[str, Any] = {"dataset": name, "figures": {"patchcore": pc.figures, "autoencoder": ae.figures["scorer"]}}
+    row["refused"] = refused
     row["patchcore_ms"] = _percentiles(time_inspector(scorer_bundle, images, 2, False))
     if has_classifier:
         row["patchcore_classifier_ms"] = _percentiles(time_inspector(scorer_bundle, images, 2, True))
@@ -119,12 +127,26 @@ def bench_dataset(name: str, runs: Path, bundles: Path, n_images: int) -> dict[s
     return row
 
 
-def _model_row(dataset: str, model: str, f: dict[str, Any], latency: tuple[float, float], base: float | None) -> str:
+def _model_row(
+    dataset: str,
+    model: str,
+    f: dict[str, Any],
+    latency: tuple[float, float],
+    base: float | None,
+    head: dict[str, Any] | None = None,
+) -> str:
     med, p99 = latency
     size = f"{f['size_float_bytes'] / 1024:.0f} -> {f['size_export_bytes'] / 1024:.0f}"
+    if head is not None and f.get("graph") == "shared with the classifier":
+        total = (f["size_float_bytes"] + head["size_float_bytes"]) / 1024
+        size = f"{total:.0f} (backbone + classifier) -> {f['size_export_bytes'] / 1024:.0f} (one graph)"
     quality = f"{f['auroc_float']:.3f} | {f['auroc_export']:.3f} | {f['map_correlation']:.3f}"
     ratio = f"{base:.1f} | {base / med:.1f}x" if base else "- | -"
     return f"| {dataset} | {model} | {size} | {quality} | {med:.1f} / {p99:.1f} | {ratio} |"
+
+
+def _refusals(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(row["dataset"], text) for text in row.get("refused", [])]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -143,6 +165,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 row["figures"]["patchcore"]["scorer"],
                 row["patchcore_ms"],
                 row["float_patchcore_ms"][0],
+                row["figures"]["patchcore"].get("classifier"),
             )
         )
         lines.append(_model_row(name, "autoencoder", row["figures"]["autoencoder"], row["autoencoder_ms"], None))
@@ -155,6 +178,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {name} | patchcore + classifier, end to end | {size} | - | - | - | {med:.1f} / {p99:.1f} | - | - |"
             )
+    lines += [f"\nRefused by the parity gate: {name}: {text}" for row in rows for name, text in _refusals(row)]
     lines += ["", "| data set | images/s, 1 process x 2 threads | images/s, 2 processes x 1 thread | input |"]
     lines.append("|---|---|---|---|")
     for row in rows:
@@ -173,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--datasets", default="bottle,tire,casting")
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--render", action="store_true", help="only rewrite export.md from the last export.json")
     args = parser.parse_args(argv)
-    rows = [bench_dataset(name, args.runs, args.bundles, args.images) for name in args.datasets.split(",")]
+    if args.render:
+        rows = json.loads((args.out / "export.json").read_text(encoding="utf-8"))
+    else:
+        rows = [bench_dataset(name, args.runs, args.bundles, args.images) for name in args.datasets.split(",")]
     text = markdown(rows) + f"\n\nMeasured on {os.cpu_count()} CPU cores; latency = batch 1, after {WARMUP} warm-up "
     text += "images, median and p99 over the data set's test images. Command: `make bench-export`.\n"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,11 @@ MAX_CALIBRATION_IMAGES = 300
 
 
 class ParityError(RuntimeError):
-    """The exported model departs from the float model by more than the gate allows."""
+    """The exported model departs from the float model by more than the gate allows; ``model`` names it."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 @dataclass
@@ -154,7 +158,7 @@ def export_scorer(
     figures["auroc_drop"] = drop
     if drop > max_drop:
         msg = f"{kind} {precision}: image AUROC {figures['auroc_export']:.4f} vs float {figures['auroc_float']:.4f}"
-        raise ParityError(f"{msg}: drop {drop:.4f} exceeds the gate of {max_drop}")
+        raise ParityError(f"{msg}: drop {drop:.4f} exceeds the gate of {max_drop}", kind)
     return entry, figures
 
 
@@ -269,7 +273,7 @@ def _gate_classifier(figures: dict[str, Any], precision: str, min_agreement: flo
     if figures["top1_agreement"] < min_agreement:
         agreement = figures["top1_agreement"]
         msg = f"classifier {precision}: top-1 agreement with float {agreement:.3f} is below the gate {min_agreement}"
-        raise ParityError(msg)
+        raise ParityError(msg, "classifier")
 
 
 def export_bundle(
