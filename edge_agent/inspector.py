@@ -11,7 +11,7 @@ import numpy as np
 
 from edge_agent.bundle import Bundle, ModelEntry
 from edge_agent.errors import BundleError
-from edge_agent.preprocess import normalise, prepare
+from edge_agent.preprocess import PreprocessSpec, normalise, prepare
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import (
     NearestNeighbourIndex,
@@ -58,6 +58,17 @@ def _check_io(model: TFLiteModel, entry: ModelEntry) -> None:
         raise BundleError(f"{entry.file}: input quantisation differs from the manifest")
 
 
+def backbone_patches(
+    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+    """One prepared image through a PatchCore graph: patch embeddings (P, D), their grid, and the 2-D head output
+    of a classifier sharing the graph (None without one)."""
+    outputs = model(normalise(prepared[None], spec))
+    feature_maps = [o[0] for o in outputs if o.ndim == 4]
+    head = next((o[0] for o in outputs if o.ndim == 2), None)
+    return patch_embedding(feature_maps, pool), feature_maps[0].shape[:2], head
+
+
 class PatchCoreTFLite:
     """PatchCore: backbone in TFLite, memory-bank distance and smoothing in float32 numpy.
 
@@ -82,11 +93,7 @@ class PatchCoreTFLite:
 
     def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Score, map and the shared classifier head's output (None without a head)."""
-        outputs = self.model(normalise(prepared[None], self.entry.preprocess))
-        per_image = [o[0] for o in outputs if o.ndim == 4]
-        head = next((o[0] for o in outputs if o.ndim == 2), None)
-        patches = patch_embedding(per_image, self.pool)
-        grid = per_image[0].shape[:2]
+        patches, grid, head = backbone_patches(self.model, prepared, self.entry.preprocess, self.pool)
         amap = distance_map(self.index.distances(patches), grid, self.entry.preprocess.size, self.sigma)
         return image_score(amap, self.top_fraction), amap, head
 

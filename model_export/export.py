@@ -20,15 +20,15 @@ import keras
 import numpy as np
 
 from edge_agent.bundle import FORMAT_VERSION, MANIFEST, load_bundle, parse_entry, sha256_file
-from edge_agent.inspector import AutoencoderTFLite, DefectClassifier, PatchCoreTFLite
+from edge_agent.inspector import AutoencoderTFLite, DefectClassifier, PatchCoreTFLite, backbone_patches
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.runtime import TFLiteModel
-from edge_agent.scoring import fit_calibration, patch_embedding
+from edge_agent.scoring import fit_calibration
 from model_export.convert import Precision, convert
 from training import metrics
 from training.artifacts import code_version, read_json
 from training.config import TrainConfig
-from training.data import DatasetSplits, load_dataset, load_images, load_masks
+from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def export_scorer(
     params = read_json(folder / "calibration.json")
     model_file = folder / ("backbone.keras" if kind == "patchcore" else "model.keras")
     model = graph or keras.models.load_model(model_file, compile=False)
-    calibration_images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES], spec)
+    train_images, _ = load_images(splits.train, spec)
+    calibration_images = train_images[:MAX_CALIBRATION_IMAGES]
     if graph is not None:
         defects, _ = load_images([s for s in splits.test if s.label == 1][:MAX_CALIBRATION_IMAGES], spec)
         calibration_images = np.concatenate([calibration_images, defects])
@@ -121,7 +122,7 @@ def export_scorer(
         "source_model": read_json(folder / "meta.json")["name"],
     }
     if kind == "patchcore":
-        bank = refit_memory_bank(TFLiteModel(tflite, 2), splits, spec, params, cfg)
+        bank = refit_memory_bank(TFLiteModel(tflite, 2), train_images, spec, params, cfg)
         np.save(staging / "memory_bank.npy", bank)
         entry["params"]["memory_bank"] = "memory_bank.npy"
         entry["params"]["bank_size"] = len(bank)
@@ -163,7 +164,7 @@ def export_scorer(
 
 
 def refit_memory_bank(
-    model: TFLiteModel, splits: DatasetSplits, spec: PreprocessSpec, params: dict[str, Any], cfg: TrainConfig
+    model: TFLiteModel, train_images: np.ndarray, spec: PreprocessSpec, params: dict[str, Any], cfg: TrainConfig
 ) -> np.ndarray:
     """PatchCore memory bank rebuilt from the exported graph's own features of the normal training images.
 
@@ -171,26 +172,14 @@ def refit_memory_bank(
     runs). Comparing int8 features with an int8-built bank cancels the graph's systematic quantisation error:
     on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794, float 0.750.
     """
-    from training.models.patchcore import build_memory_bank
+    from training.models.patchcore import bank_params, build_memory_bank
 
-    pc = cfg.patchcore
-    bank = params.get("bank") or {
-        "coreset_ratio": pc.coreset_ratio,
-        "max_bank": pc.max_bank,
-        "projection_dim": pc.projection_dim,
-        "rotations": list(pc.bank_rotations),
-        "seed": cfg.dataset.seed,
-    }
+    bank = params.get("bank") or bank_params(cfg.patchcore, cfg.dataset.seed)
     pool = int(params["pool"])
 
     def embed(images: np.ndarray) -> np.ndarray:
-        out = []
-        for image in images:
-            maps = [o[0] for o in model(normalise(image[None], spec)) if o.ndim == 4]
-            out.append(patch_embedding(maps, pool))
-        return np.stack(out)
+        return np.stack([backbone_patches(model, image, spec, pool)[0] for image in images])
 
-    train_images, _ = load_images(splits.train, spec)
     return build_memory_bank(embed, train_images, **bank)
 
 
@@ -201,14 +190,15 @@ def export_classifier(
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
     model = keras.models.load_model(folder / "model.keras", compile=False)
     calib_images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES], spec)
-    test_images, _ = load_images(splits.test, spec)
+    test_images, test_samples = load_images(splits.test, spec)
     representative = normalise(np.concatenate([calib_images, test_images]), spec)
     tflite = convert(model, precision, representative)
     (staging / "classifier.tflite").write_bytes(tflite)
     input_info, outputs = _io_entry(tflite)
     entry = _classifier_entry(folder, "classifier.tflite", precision, input_info, outputs)
     edge = DefectClassifier(parse_entry("classifier", entry), staging, threads=2)
-    figures = _classifier_parity(folder, splits, model, [edge.probabilities(image) for image in test_images])
+    edge_probs = [edge.probabilities(image) for image in test_images]
+    figures = _classifier_parity(folder, model, test_images, test_samples, edge_probs)
     figures.update(precision=precision, size_export_bytes=len(tflite))
     _gate_classifier(figures, precision, min_agreement)
     return entry, figures
@@ -221,13 +211,14 @@ def shared_classifier_entry(
     head = next(o for o in scorer_entry["outputs"] if len(o["shape"]) == 2)
     entry = _classifier_entry(folder, scorer_entry["file"], scorer_entry["precision"], scorer_entry["input"], [head])
     entry["shares_graph_of"] = "scorer"
-    scorer = PatchCoreTFLite(parse_entry("scorer", scorer_entry), staging, threads=2)
+    graph = TFLiteModel(staging / scorer_entry["file"], 2)  # the head alone: no bank, no distance search
     classifier = DefectClassifier(parse_entry("classifier", entry), staging, threads=2)
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    test_images, _ = load_images(splits.test, spec)
-    probs = [classifier.probabilities(image, head=scorer.score_and_head(image)[2]) for image in test_images]
+    test_images, test_samples = load_images(splits.test, spec)
+    heads = [next(o[0] for o in graph(normalise(image[None], spec)) if o.ndim == 2) for image in test_images]
+    probs = [classifier.probabilities(image, head=head) for image, head in zip(test_images, heads, strict=True)]
     model = keras.models.load_model(folder / "model.keras", compile=False)
-    figures = _classifier_parity(folder, splits, model, probs)
+    figures = _classifier_parity(folder, model, test_images, test_samples, probs)
     figures.update(precision=scorer_entry["precision"], graph="shared with the scorer")
     _gate_classifier(figures, scorer_entry["precision"], min_agreement)
     return entry, figures
@@ -250,12 +241,11 @@ def _classifier_entry(
 
 
 def _classifier_parity(
-    folder: Path, splits: DatasetSplits, model: keras.Model, edge_probs: list[np.ndarray]
+    folder: Path, model: keras.Model, test_images: np.ndarray, test_samples: list[Sample], edge_probs: list[np.ndarray]
 ) -> dict[str, Any]:
-    """Top-1 agreement of the exported classifier with the float model on the test split's images."""
+    """Top-1 agreement of the exported classifier with the float model on the test split's prepared images."""
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
     class_names = read_json(folder / "calibration.json")["class_names"]
-    test_images, test_samples = load_images(splits.test, spec)
     float_pred = np.asarray(model.predict(normalise(test_images, spec), verbose=0)).argmax(axis=1)
     edge_pred = np.array([p.argmax() for p in edge_probs])
     labels = np.array([class_names.index(s.defect_type) for s in test_samples])

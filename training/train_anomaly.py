@@ -156,7 +156,7 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
     """Build the PatchCore memory bank on normal images and write its model folder; returns the metrics."""
     from training.artifacts import finalise_model_folder
     from training.backbones import get_backbone
-    from training.models.patchcore import PatchCoreScorer
+    from training.models.patchcore import PatchCoreScorer, bank_params
 
     pc = cfg.patchcore
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,14 +166,8 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
 
     scorer = PatchCoreScorer(keras_forward(backbone), spec, pc.blur_sigma, top_fraction=pc.score_top_fraction)
     train_images, _ = load_images(splits.train, spec, splits.skipped)
-    bank_params = {
-        "coreset_ratio": pc.coreset_ratio,
-        "max_bank": pc.max_bank,
-        "projection_dim": pc.projection_dim,
-        "rotations": list(pc.bank_rotations),
-        "seed": cfg.dataset.seed,
-    }
-    bank = scorer.fit(train_images, **bank_params)
+    bank_kwargs = bank_params(pc, cfg.dataset.seed)
+    bank = scorer.fit(train_images, **bank_kwargs)
     train_seconds = time.perf_counter() - t0
     backbone.save(folder / "backbone.keras")
     scorer.save_bank(folder)
@@ -198,7 +192,7 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
             "pool": scorer.pool,
             "taps": pc.taps,
             "score_top_fraction": pc.score_top_fraction,
-            "bank": bank_params,
+            "bank": bank_kwargs,
         },
         metrics=result,
         splits=splits,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score, patch_embedding
+from training.config import PatchCoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,17 @@ def greedy_coreset(features: np.ndarray, n_select: int, projection_dim: int | No
         if i < n_select:
             selected[i] = int(np.argmax(min_d2))
     return selected
+
+
+def bank_params(pc: PatchCoreConfig, seed: int) -> dict[str, Any]:
+    """Keyword arguments of :func:`build_memory_bank` from a config; training stores them beside the bank."""
+    return {
+        "coreset_ratio": pc.coreset_ratio,
+        "max_bank": pc.max_bank,
+        "projection_dim": pc.projection_dim,
+        "rotations": list(pc.bank_rotations),
+        "seed": seed,
+    }
 
 
 def build_memory_bank(
