@@ -5,13 +5,18 @@ Shared by training (fitting), export (re-fitting on int8 scores) and the edge ag
 
 from __future__ import annotations
 
+import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import pairwise
+from statistics import NormalDist
 from typing import Any
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def patch_embedding(feature_maps: list[np.ndarray], pool: int = 3) -> np.ndarray:
@@ -144,10 +149,13 @@ def reconstruction_map(original: np.ndarray, recon: np.ndarray, ssim_weight: flo
 
 @dataclass(frozen=True)
 class Calibration:
-    """Threshold and score normalisation fitted on normal validation images.
+    """Threshold and score normalisation fitted on normal images held out from training.
 
-    normalised = 0.5 * (score - center) / (threshold - center), clipped to [0, 1]: the validation
-    median maps to 0, the threshold to 0.5.
+    normalised = 0.5 * (score - center) / (threshold - center), clipped to [0, 1]: the median normal
+    score maps to 0, the threshold to 0.5. ``false_alarm_rate`` is the rate the line asked for (None for the
+    older rules), ``false_alarm_bound`` the rate the fitted threshold is expected to give on good parts (an
+    upper estimate from the normal scores' ranks), ``n_normal`` how many normal scores were used and
+    ``note`` a warning when they were too few for the rate asked.
     """
 
     threshold: float
@@ -155,6 +163,10 @@ class Calibration:
     pixel_threshold: float
     method: str
     n_validation: int
+    false_alarm_rate: float | None = None
+    false_alarm_bound: float | None = None
+    n_normal: int | None = None
+    note: str | None = None
 
     def normalise(self, scores: np.ndarray | float) -> np.ndarray:
         """Map raw scores to [0, 1] with the threshold at 0.5."""
@@ -167,32 +179,94 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (bundles written before the false-alarm fields read as None)."""
         keys = ("threshold", "center", "pixel_threshold", "method", "n_validation")
-        return cls(**{k: data[k] for k in keys})
+        optional = ("false_alarm_rate", "false_alarm_bound", "n_normal", "note")
+        return cls(**{k: data[k] for k in keys}, **{k: data.get(k) for k in optional})
+
+
+def normal_scores_needed(rate: float) -> int:
+    """Normal scores needed before the order-statistic threshold at ``rate`` no longer rests on the top score."""
+    return math.ceil(2.0 / rate) - 1
+
+
+def false_alarm_threshold(scores: np.ndarray, rate: float) -> tuple[float, float, str | None]:
+    """Threshold flagging at most ``rate`` of good parts, from normal scores: (threshold, bound, warning).
+
+    With enough scores it is the split-conformal order statistic: the k-th smallest score, k = ceil((n+1)(1-rate)),
+    so that a new good part scores at or above it with probability at most ``rate`` (exchangeability), and the
+    highest score never sets it: one odd image cannot move it. With too few scores the rate cannot be resolved:
+    a robust tail estimate (median and MAD of the log scores, Gaussian quantile) is used, never below the
+    second-highest score, and the warning says how many normal images the rate needs. ``bound`` is
+    (1 + #scores above the threshold) / (n + 1), the false-alarm rate to expect.
+    """
+    s = np.sort(np.asarray(scores, np.float64))
+    n = s.size
+    k = math.ceil((n + 1) * (1.0 - rate))
+    warning = None
+    if k <= n - 1:
+        threshold = float(s[k - 1])
+    else:
+        needed = normal_scores_needed(rate)
+        warning = (
+            f"{n} normal scores are too few for a false-alarm rate of {rate:g}: {needed} are needed; "
+            "the threshold is a robust tail estimate, and the false-alarm rate may differ from the one asked"
+        )
+        logged = np.log(np.maximum(s, 1e-12)) if s[0] > 0 else s
+        centre = float(np.median(logged))
+        spread = 1.4826 * float(np.median(np.abs(logged - centre))) or float(logged.std()) or 1e-6
+        estimate = centre + NormalDist().inv_cdf(1.0 - rate) * spread
+        threshold = float(np.exp(estimate)) if s[0] > 0 else estimate
+        threshold = max(threshold, float(s[-2]) if n >= 2 else float(s[-1]))
+    bound = (1.0 + float((s > threshold).sum())) / (n + 1.0)
+    return threshold, min(bound, 1.0), warning
 
 
 def fit_calibration(
     val_scores: np.ndarray,
     val_maps: np.ndarray | None,
-    method: str = "mean_std",
+    method: str = "false_alarm_rate",
     k: float = 3.0,
     quantile: float = 0.99,
     pixel_quantile: float = 0.999,
+    false_alarm_rate: float = 0.01,
+    extra_scores: np.ndarray | None = None,
 ) -> Calibration:
-    """Fit the image threshold (and a pixel threshold) on scores of normal validation images.
+    """Fit the image threshold (and a pixel threshold) on scores of normal images held out from training.
 
-    The threshold never collapses to the minimum score: it is at least the largest validation
-    score's ``quantile`` and strictly above the median, with a floor margin when all scores are equal.
+    ``false_alarm_rate`` (the default method): see :func:`false_alarm_threshold`; ``extra_scores`` are further
+    normal scores (PatchCore's leave-one-image-out scores of its training images) pooled with the validation
+    scores. ``mean_std`` and ``quantile`` are the older rules on validation scores alone; they never collapse
+    to the minimum: at least the ``quantile`` and strictly above the median.
     """
     scores = np.asarray(val_scores, np.float64)
     if scores.size == 0:
         msg = "cannot fit a threshold without validation scores"
         raise ValueError(msg)
+    n_validation = int(scores.size)
+    pixel_threshold = float(np.quantile(val_maps, pixel_quantile)) if val_maps is not None else None
+    if method == "false_alarm_rate":
+        if extra_scores is not None:
+            scores = np.concatenate([scores, np.asarray(extra_scores, np.float64)])
+        threshold, bound, note = false_alarm_threshold(scores, false_alarm_rate)
+        if note:
+            log.warning("threshold: %s", note)
+        return Calibration(
+            threshold,
+            float(np.median(scores)),
+            threshold if pixel_threshold is None else pixel_threshold,
+            method,
+            n_validation,
+            false_alarm_rate,
+            bound,
+            int(scores.size),
+            note,
+        )
     center = float(np.median(scores))
     spread = float(scores.std()) or max(abs(center) * 0.05, 1e-6)
     upper = float(np.quantile(scores, quantile))
     threshold = float(scores.mean()) + k * spread if method == "mean_std" else upper
     threshold = max(threshold, upper, center + 0.5 * spread)
-    pixel_threshold = float(np.quantile(val_maps, pixel_quantile)) if val_maps is not None else threshold
-    return Calibration(float(threshold), center, pixel_threshold, method, int(scores.size))
+    bound = (1.0 + float((scores > threshold).sum())) / (scores.size + 1.0)
+    pixel = threshold if pixel_threshold is None else pixel_threshold
+    return Calibration(float(threshold), center, pixel, method, n_validation, None, bound, n_validation)

@@ -120,9 +120,12 @@ def export_scorer(
         "calibration": None,
         "params": {k: params[k] for k in ("blur_sigma", "pool", "ssim_weight", "score_top_fraction") if k in params},
         "source_model": read_json(folder / "meta.json")["name"],
+        "settings": params.get("settings"),
+        "search": params.get("search"),
     }
+    loo_scores = None
     if kind == "patchcore":
-        bank = refit_memory_bank(TFLiteModel(tflite, 2), train_images, spec, params, cfg)
+        bank, loo_scores = refit_memory_bank(TFLiteModel(tflite, 2), train_images, spec, params, cfg)
         np.save(staging / "memory_bank.npy", bank)
         entry["params"]["memory_bank"] = "memory_bank.npy"
         entry["params"]["bank_size"] = len(bank)
@@ -131,8 +134,11 @@ def export_scorer(
     val_images, _ = load_images(splits.validation, spec)
     val_scores, val_maps = _edge_scores(edge, val_images)
     t = cfg.threshold
-    calibration = fit_calibration(val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile)
+    calibration = fit_calibration(
+        val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile, t.false_alarm_rate, loo_scores
+    )
     entry["calibration"] = calibration.to_dict()
+    synthetic_recall = _synthetic_recall(edge, val_images, calibration.threshold, cfg.dataset.seed, spec)
     test_images, test_samples = load_images(splits.test, spec)
     labels = np.array([s.label for s in test_samples])
     float_scores, float_maps = _float_scores(folder, kind, test_images)
@@ -148,6 +154,8 @@ def export_scorer(
         "size_float_bytes": model_file.stat().st_size,
         "size_export_bytes": len(tflite),
         "graph": "shared with the classifier" if graph is not None else "own",
+        "expected_false_alarm_rate": calibration.false_alarm_bound,
+        "synthetic_recall": synthetic_recall,
     }
     if splits.has_masks:
         masks = load_masks(test_samples, spec)
@@ -163,24 +171,48 @@ def export_scorer(
     return entry, figures
 
 
+def _synthetic_recall(
+    edge: PatchCoreTFLite | AutoencoderTFLite, images: np.ndarray, threshold: float, seed: int, spec: PreprocessSpec
+) -> float | None:
+    """Share of synthetic defects (made from the validation images) at or above the exported threshold."""
+    from training.synthetic import make_defects
+
+    if spec.color != "rgb" or len(images) == 0:
+        return None
+    defects, _, _ = make_defects(list(images), 3, seed)
+    scores, _ = _edge_scores(edge, np.stack(defects))
+    return float((scores >= threshold).mean())
+
+
 def refit_memory_bank(
     model: TFLiteModel, train_images: np.ndarray, spec: PreprocessSpec, params: dict[str, Any], cfg: TrainConfig
-) -> np.ndarray:
-    """PatchCore memory bank rebuilt from the exported graph's own features of the normal training images.
+) -> tuple[np.ndarray, np.ndarray]:
+    """PatchCore memory bank rebuilt from the exported graph's own features, and the leave-one-out scores.
 
     Same coreset procedure as training (``params["bank"]``, written by training; the data set config for older
     runs). Comparing int8 features with an int8-built bank cancels the graph's systematic quantisation error:
-    on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794, float 0.750.
+    on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794, float 0.750. The second array holds
+    each training image's score against the bank without its own rows (for the threshold, as in training).
     """
-    from training.models.patchcore import bank_params, build_memory_bank
+    from training.models.patchcore import bank_params, build_memory_bank, leave_one_out_scores
 
-    bank = params.get("bank") or bank_params(cfg.patchcore, cfg.dataset.seed)
+    bank_kwargs = params.get("bank") or bank_params(cfg.patchcore, cfg.dataset.seed)
     pool = int(params["pool"])
+    grid: list[tuple[int, int]] = []
 
     def embed(images: np.ndarray) -> np.ndarray:
-        return np.stack([backbone_patches(model, image, spec, pool)[0] for image in images])
+        out = []
+        for image in images:
+            patches, image_grid, _ = backbone_patches(model, image, spec, pool)
+            grid[:] = [image_grid]
+            out.append(patches)
+        return np.stack(out)
 
-    return build_memory_bank(embed, train_images, **bank)
+    bank, sources = build_memory_bank(embed, train_images, **bank_kwargs)
+    loo = leave_one_out_scores(
+        embed(train_images), bank, sources, grid[0], spec.size, params["blur_sigma"], params.get("score_top_fraction")
+    )
+    return bank, loo
 
 
 def export_classifier(

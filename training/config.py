@@ -51,9 +51,14 @@ class AugmentConfig(StrictModel):
 
 
 class ThresholdConfig(StrictModel):
-    """How the image threshold is fitted on normal validation scores."""
+    """How the image threshold is fitted on scores of normal images held out from training."""
 
-    method: Literal["mean_std", "quantile"] = Field(default="mean_std", description="fitting rule")
+    method: Literal["false_alarm_rate", "mean_std", "quantile"] = Field(
+        default="false_alarm_rate", description="fitting rule; false_alarm_rate: an order statistic of normal scores"
+    )
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="share of good parts the line accepts to stop (false alarms)"
+    )
     k: float = Field(default=3.0, gt=0.0, description="mean_std: threshold = mean + k * std")
     quantile: float = Field(default=0.99, gt=0.5, lt=1.0, description="quantile rule: this quantile")
     pixel_quantile: float = Field(default=0.999, gt=0.5, lt=1.0, description="pixel threshold quantile")

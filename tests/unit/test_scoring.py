@@ -67,7 +67,7 @@ def test_calibration_never_collapses_to_the_minimum():
     scores = np.array([1.0, 1.1, 1.2, 1.3, 5.0])
     cal = fit_calibration(scores, None, "mean_std", k=3.0)
     assert cal.threshold >= np.quantile(scores, 0.99)
-    same = fit_calibration(np.full(10, 2.0), None)
+    same = fit_calibration(np.full(10, 2.0), None, "mean_std")
     assert same.threshold > 2.0
     q = fit_calibration(scores, None, "quantile", quantile=0.9)
     assert q.threshold > q.center
@@ -78,6 +78,7 @@ def test_calibration_never_collapses_to_the_minimum():
 def test_calibration_pixel_threshold_and_round_trip():
     maps = np.random.default_rng(0).random((4, 8, 8))
     cal = fit_calibration(np.array([1.0, 2.0, 3.0]), maps, pixel_quantile=0.99)
+    assert cal.note is not None  # three scores cannot resolve a 1 % false-alarm rate
     assert cal.pixel_threshold == pytest.approx(np.quantile(maps, 0.99))
     assert Calibration.from_dict(cal.to_dict()) == cal
     with pytest.raises(ValueError, match="without validation scores"):
@@ -111,11 +112,13 @@ def _pixels_with_position(images: np.ndarray) -> np.ndarray:
 
 def test_memory_bank_adds_turned_copies_of_the_images():
     images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
-    plain = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
-    turned = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
+    plain, plain_sources = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
+    turned, sources = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
     assert plain.shape == (18, 3) and turned.shape == (54, 3)
+    assert sorted(plain_sources.tolist()) == [0] * 9 + [1] * 9
+    assert np.bincount(sources).tolist() == [27, 27]  # every orientation of each image is traced to it
     as_set = {tuple(row) for row in turned.tolist()}
     # pixel (0, 0) of image 0 lands at (2, 0) after a quarter turn counter-clockwise and at (2, 2) after a half turn
     assert {(0.0, 0.0, 0.0), (0.0, 2.0, 0.0), (0.0, 2.0, 2.0)} <= as_set
-    capped = build_memory_bank(_pixels_with_position, images, 1.0, 5, None, rotations=[270])
+    capped, _ = build_memory_bank(_pixels_with_position, images, 1.0, 5, None, rotations=[270])
     assert capped.shape == (10, 3)  # max_bank applies per orientation

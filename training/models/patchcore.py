@@ -67,23 +67,50 @@ def build_memory_bank(
     projection_dim: int | None,
     rotations: Sequence[int] = (),
     seed: int = 0,
-) -> np.ndarray:
-    """Memory bank (M, D) float32: a greedy coreset of the patch embeddings of normal ``images``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Memory bank (M, D) float32 and the index of the image each row came from (M,).
 
-    ``embed`` maps prepared uint8 images (N, S, S, C) to patch embeddings (N, P, D). ``rotations`` (multiples of
-    90 degrees) add the images turned by that much, for parts seen at any angle; each orientation gets its own
-    coreset of ``coreset_ratio`` of its patches (at most ``max_bank``). Training (Keras features) and export (the
-    exported graph's features) both build their banks here.
+    The bank is a greedy coreset of the patch embeddings of normal ``images``. ``embed`` maps prepared uint8
+    images (N, S, S, C) to patch embeddings (N, P, D). ``rotations`` (multiples of 90 degrees) add the images
+    turned by that much, for parts seen at any angle; each orientation gets its own coreset of ``coreset_ratio``
+    of its patches (at most ``max_bank``). Training (Keras features) and export (the exported graph's features)
+    both build their banks here.
     """
-    banks = []
+    banks, sources = [], []
     for degrees in (0, *rotations):
         turned = np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2)))
         embedded = embed(turned)
         patches = embedded.reshape(-1, embedded.shape[-1])
         n_select = min(max(1, round(coreset_ratio * len(patches))), max_bank)
         log.info("coreset at %d deg: %d of %d patches (dim %d)", degrees, n_select, len(patches), patches.shape[1])
-        banks.append(patches[greedy_coreset(patches, n_select, projection_dim or 128, seed)])
-    return np.concatenate(banks)
+        chosen = greedy_coreset(patches, n_select, projection_dim or 128, seed)
+        banks.append(patches[chosen])
+        sources.append(chosen // embedded.shape[1])
+    return np.concatenate(banks), np.concatenate(sources)
+
+
+def leave_one_out_scores(
+    patches: np.ndarray,
+    bank: np.ndarray,
+    sources: np.ndarray,
+    grid: tuple[int, int],
+    size: int,
+    blur_sigma: float,
+    top_fraction: float | None,
+) -> np.ndarray:
+    """Image scores of the bank's own training images, each against the bank without its own rows (N,).
+
+    ``patches`` (N, P, D) are the training images' embeddings in bank order. A part's own patches are the nearest
+    ones to it, so it is scored as a new part would be: against the other parts. These scores are slightly
+    pessimistic (a bank built without the part would cover the rest a little better), which keeps a threshold
+    fitted on them on the safe side, and they add every training image to the normal scores the threshold sees.
+    """
+    scores = np.empty(len(patches), np.float32)
+    for i, image_patches in enumerate(patches):
+        others = NearestNeighbourIndex(bank[sources != i])
+        anomaly_map = distance_map(others.distances(image_patches), grid, size, blur_sigma)
+        scores[i] = image_score(anomaly_map, top_fraction)
+    return scores
 
 
 class PatchCoreScorer:
@@ -104,6 +131,7 @@ class PatchCoreScorer:
         self.top_fraction = top_fraction
         self.index: NearestNeighbourIndex | None = None
         self.grid: tuple[int, int] | None = None
+        self.sources: np.ndarray | None = None
 
     def embed(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Patch embeddings (N, P, D) of prepared uint8 images."""
@@ -127,9 +155,19 @@ class PatchCoreScorer:
         rotations: Sequence[int] = (),
     ) -> np.ndarray:
         """Build the memory bank from normal training images; returns the bank (M, D) float32."""
-        bank = build_memory_bank(self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed)
+        bank, self.sources = build_memory_bank(
+            self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed
+        )
         self.set_bank(bank)
         return bank
+
+    def leave_one_out(self, images: np.ndarray) -> np.ndarray:
+        """Leave-one-image-out scores of the training images the bank was fitted on (see module function)."""
+        assert self.index is not None and self.sources is not None and self.grid is not None
+        patches = self.embed(images)
+        return leave_one_out_scores(
+            patches, self.index.bank, self.sources, self.grid, self.spec.size, self.blur_sigma, self.top_fraction
+        )
 
     def set_bank(self, bank: np.ndarray) -> None:
         """Use ``bank`` as the memory bank."""
