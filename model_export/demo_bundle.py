@@ -36,8 +36,10 @@ def ensure_demo_bundle(config: Path, run_dir: Path, out: Path, with_classifier: 
         train_patchcore(splits, cfg, run_dir / "patchcore")
     classifier = None
     if with_classifier and cfg.classifier.enabled:
+        from training.cli import classifier_follows_scorer
         from training.train_classifier import train_and_save
 
+        cfg = classifier_follows_scorer(cfg, run_dir / "patchcore")
         classifier = "classifier-transfer"
         if not (run_dir / classifier / "meta.json").is_file():
             train_and_save("transfer", splits, cfg.classifier, run_dir / classifier)

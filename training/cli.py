@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", required=True, type=Path, help="training YAML (configs/datasets/*.yaml)")
         cmd.add_argument("--out", type=Path, default=None, help="run folder (default <output_dir>/<dataset>)")
         cmd.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+        if name == "train":
+            cmd.add_argument(
+                "--no-auto", action="store_true", help="keep fixed PatchCore defaults: no search of the settings"
+            )
+            cmd.add_argument(
+                "--search-budget", type=float, default=900.0, help="seconds the settings search may take (900)"
+            )
     return parser
 
 
@@ -35,22 +42,39 @@ def _run_dir(cfg: TrainConfig, out: Path | None) -> Path:
     return out if out is not None else Path(cfg.output_dir) / cfg.dataset.name
 
 
-def train(cfg: TrainConfig, run_dir: Path, models: list[str]) -> dict[str, dict]:
-    """Train the requested models; each gets a folder under ``run_dir``; returns their metrics."""
+def train(
+    cfg: TrainConfig, run_dir: Path, models: list[str], auto: bool = True, budget_seconds: float = 900.0
+) -> dict[str, dict]:
+    """Train the requested models; each gets a folder under ``run_dir``; returns their metrics.
+
+    ``auto`` lets PatchCore choose the settings its YAML section leaves open (``budget_seconds`` for the search).
+    """
     from training.train_anomaly import train_autoencoder, train_patchcore
 
     splits = load_dataset(cfg.dataset)
     results: dict[str, dict] = {}
     if "patchcore" in models and cfg.patchcore.enabled:
-        results["patchcore"] = train_patchcore(splits, cfg, run_dir / "patchcore")
+        results["patchcore"] = train_patchcore(splits, cfg, run_dir / "patchcore", auto, budget_seconds)
     if "autoencoder" in models and cfg.autoencoder.enabled:
         results["autoencoder"] = train_autoencoder(splits, cfg, run_dir / "autoencoder")
     if "classifier" in models and cfg.classifier.enabled:
         from training.train_classifier import train_and_save
 
+        cfg = classifier_follows_scorer(cfg, run_dir / "patchcore")
         for kind in ("transfer", "custom"):
             results[f"classifier-{kind}"] = train_and_save(kind, splits, cfg.classifier, run_dir / f"classifier-{kind}")
     return results
+
+
+def classifier_follows_scorer(cfg: TrainConfig, patchcore_dir: Path) -> TrainConfig:
+    """The classifier at the PatchCore run's input size when the YAML sets none, so both can share one graph."""
+    from training.artifacts import read_json
+
+    preprocess = patchcore_dir / "preprocess.json"
+    if "size" in cfg.classifier.model_fields_set or not preprocess.is_file():
+        return cfg
+    size = int(read_json(preprocess)["size"])
+    return cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"size": size})})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(load_dataset(cfg.dataset)))
             return 0
         if args.command == "train":
-            train(cfg, run_dir, models)
+            train(cfg, run_dir, models, not args.no_auto, args.search_budget)
         from training.report import markdown_table, read_run
 
         print(markdown_table(cfg.dataset.name, read_run(run_dir)))

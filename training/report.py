@@ -17,8 +17,12 @@ COLUMNS = [
     ("dice", "Dice", "{:.3f}"),
     ("confusion_matrix", "confusion [[TN,FP],[FN,TP]]", "{}"),
     ("macro_f1", "macro F1 (CV)", "{:.3f}"),
+    ("expected_false_alarm_rate", "expected FA rate", "{:.3f}"),
+    ("synthetic_recall", "synthetic recall", "{:.3f}"),
+    ("settings", "settings", "{}"),
     ("resolution", "px", "{}"),
     ("train_seconds", "train s", "{:.0f}"),
+    ("search_seconds", "search s", "{:.0f}"),
     ("peak_rss_mb", "peak MiB", "{:.0f}"),
 ]
 
@@ -42,6 +46,19 @@ def markdown_table(dataset: str, results: dict[str, dict[str, Any]]) -> str:
         cells = []
         for key, _, fmt in COLUMNS:
             value = metrics.get(key)
+            if key == "settings" and isinstance(value, dict):
+                value = _settings_text(value)
             cells.append("-" if value is None else fmt.format(value))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    """PatchCore's settings in a few words, e.g. ``320 px, rot 90/180/270, 2% bank, sigma 16, top 1% (search)``."""
+    turns = "/".join(str(t) for t in settings.get("bank_rotations") or []) or "none"
+    top = settings.get("score_top_fraction")
+    score = "max" if not top else f"top {top:.0%}"
+    return (
+        f"{settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank, "
+        f"sigma {settings.get('blur_sigma'):g}, {score} ({settings.get('chosen_by')})"
+    )

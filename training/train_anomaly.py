@@ -85,13 +85,29 @@ class AutoencoderScorer:
 
 
 def _calibrate_and_evaluate(
-    scorer: Any, splits: DatasetSplits, spec: PreprocessSpec, cfg: TrainConfig, folder: Path
+    scorer: Any,
+    splits: DatasetSplits,
+    spec: PreprocessSpec,
+    cfg: TrainConfig,
+    folder: Path,
+    extra_normal_scores: np.ndarray | None = None,
 ) -> tuple[Calibration, dict[str, Any]]:
-    """Fit the threshold on validation normals, then evaluate on the test split and draw heatmaps."""
+    """Fit the threshold on normal scores, then evaluate on the test split and draw heatmaps.
+
+    The normal scores are the validation images' and ``extra_normal_scores`` (PatchCore's leave-one-out scores of
+    its training images). The recall on synthetic defects made from the validation images is reported at the
+    fitted threshold, next to the false-alarm rate the threshold is expected to give.
+    """
+    from training.synthetic import make_defects
+
     val_images, _ = load_images(splits.validation, spec, splits.skipped)
     val_scores, val_maps = scorer.score(val_images)
     t = cfg.threshold
-    calibration = fit_calibration(val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile)
+    calibration = fit_calibration(
+        val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile, t.false_alarm_rate, extra_normal_scores
+    )
+    synthetic, _, _ = make_defects(list(val_images), 3, cfg.dataset.seed) if spec.color == "rgb" else ([], None, None)
+    synthetic_scores = scorer.score(np.stack(synthetic))[0] if synthetic else np.zeros(0)
     test_images, test_samples = load_images(splits.test, spec, splits.skipped)
     t0 = time.perf_counter()
     scores, maps = scorer.score(test_images)
@@ -99,6 +115,11 @@ def _calibrate_and_evaluate(
     masks = load_masks(test_samples, spec) if splits.has_masks else None
     result = evaluate_anomaly(test_samples, scores, maps, masks, calibration)
     result["float_score_ms_per_image"] = per_image_ms
+    result["expected_false_alarm_rate"] = calibration.false_alarm_bound
+    result["false_alarm_rate_asked"] = calibration.false_alarm_rate
+    result["normal_scores_for_threshold"] = calibration.n_normal
+    result["synthetic_recall"] = float((synthetic_scores >= calibration.threshold).mean()) if synthetic else None
+    result["threshold_note"] = calibration.note
     save_heatmaps(folder / "heatmaps", test_samples, test_images, maps, masks, calibration, cfg.heatmap_samples)
     np.savez_compressed(folder / "test_scores.npz", scores=scores, labels=[s.label for s in test_samples])
     return calibration, result
@@ -152,15 +173,30 @@ def train_autoencoder(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> 
     return result
 
 
-def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
-    """Build the PatchCore memory bank on normal images and write its model folder; returns the metrics."""
-    from training.artifacts import finalise_model_folder
+def train_patchcore(
+    splits: DatasetSplits, cfg: TrainConfig, folder: Path, auto: bool = True, budget_seconds: float = 900.0
+) -> dict[str, Any]:
+    """Build the PatchCore memory bank on normal images and write its model folder; returns the metrics.
+
+    With ``auto`` the settings the YAML leaves open are chosen first (:func:`training.autoconfig.search_patchcore`,
+    within ``budget_seconds``); the search's figures go to ``autoconfig.json`` and its choice to the metrics and
+    ``calibration.json`` (and so into the bundle's manifest).
+    """
+    from training.artifacts import finalise_model_folder, write_json
     from training.backbones import get_backbone
     from training.models.patchcore import PatchCoreScorer, bank_params
 
-    pc = cfg.patchcore
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    search: dict[str, Any] | None = None
+    pc = cfg.patchcore
+    from training.autoconfig import SEARCHED, search_patchcore
+
+    if auto and not set(SEARCHED) <= pc.model_fields_set:
+        pc, search = search_patchcore(cfg, splits, budget_seconds)
+        write_json(folder / "autoconfig.json", search)
+        cfg = cfg.model_copy(update={"patchcore": pc})
+    search_seconds = time.perf_counter() - t0
     backbone, (offset, scale) = get_backbone(pc.backbone, pc.size, pc.weights, tuple(pc.taps))
     spec = PreprocessSpec(pc.size, "rgb", pc.resize, offset=offset, scale=scale)
 
@@ -168,11 +204,23 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
     train_images, _ = load_images(splits.train, spec, splits.skipped)
     bank_kwargs = bank_params(pc, cfg.dataset.seed)
     bank = scorer.fit(train_images, **bank_kwargs)
+    loo_scores = scorer.leave_one_out(train_images)
     train_seconds = time.perf_counter() - t0
     backbone.save(folder / "backbone.keras")
     scorer.save_bank(folder)
-    calibration, result = _calibrate_and_evaluate(scorer, splits, spec, cfg, folder)
+    calibration, result = _calibrate_and_evaluate(scorer, splits, spec, cfg, folder, loo_scores)
+    settings = {
+        "size": pc.size,
+        "bank_rotations": list(pc.bank_rotations),
+        "coreset_ratio": pc.coreset_ratio,
+        "blur_sigma": pc.blur_sigma,
+        "score_top_fraction": pc.score_top_fraction,
+        "chosen_by": "search" if search else "config",
+    }
     result.update(
+        settings=settings,
+        search_seconds=search_seconds if search else 0.0,
+        search_synthetic=search["chosen_figures"] if search else None,
         model="patchcore",
         backbone=pc.backbone,
         train_seconds=train_seconds,
@@ -193,6 +241,8 @@ def train_patchcore(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> di
             "taps": pc.taps,
             "score_top_fraction": pc.score_top_fraction,
             "bank": bank_kwargs,
+            "settings": settings,
+            "search": {k: search[k] for k in ("chosen_figures", "seconds", "objective")} if search else None,
         },
         metrics=result,
         splits=splits,

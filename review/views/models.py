@@ -98,6 +98,29 @@ def _feedback_section(ctx: Context, manifest_hash: str) -> None:
         right.altair_chart(heat_table(types, "Predicted vs confirmed defect type"), width="content")
 
 
+def _threshold_section(cal: dict[str, Any], role_figures: dict[str, Any], settings: dict[str, Any] | None) -> None:
+    """The threshold, the false-alarm rate it was fitted for and gives, its recall on synthetic defects."""
+    asked, bound = cal.get("false_alarm_rate"), cal.get("false_alarm_bound")
+    recall = role_figures.get("synthetic_recall")
+    if asked is not None:
+        cols = st.columns(3)
+        cols[0].metric("False-alarm rate asked", f"{asked:.2%}")
+        cols[1].metric("Expected false-alarm rate", "-" if bound is None else f"{bound:.2%}")
+        cols[2].metric("Recall on synthetic defects", "-" if recall is None else f"{recall:.1%}")
+    st.caption(
+        f"Threshold {cal.get('threshold', 0):.4g} (method {cal.get('method')}, fitted on "
+        f"{cal.get('n_normal') or cal.get('n_validation')} normal scores on the exported model's own features: "
+        f"{cal.get('n_validation')} validation images and leave-one-out scores of the training images); "
+        f"normal median {cal.get('center', 0):.4g}; pixel threshold {cal.get('pixel_threshold', 0):.4g}."
+    )
+    if cal.get("note"):
+        st.warning(cal["note"])
+    if settings:
+        chosen = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "chosen_by")
+        origin = "chosen by the search on normal images" if settings.get("chosen_by") == "search" else "from the config"
+        st.caption(f"Settings ({origin}): {chosen}.")
+
+
 def render(ctx: Context) -> None:
     """The models page."""
     st.title("Models")
@@ -131,11 +154,7 @@ def render(ctx: Context) -> None:
         st.subheader(f"{role}: {entry.get('kind')} ({entry.get('precision')})")
         cal = entry.get("calibration") or {}
         if cal:
-            st.caption(
-                f"Threshold {cal.get('threshold', 0):.4g} (method {cal.get('method')}, fitted on "
-                f"{cal.get('n_validation')} normal validation images on the exported model's own scores); "
-                f"normal median {cal.get('center', 0):.4g}; pixel threshold {cal.get('pixel_threshold', 0):.4g}."
-            )
+            _threshold_section(cal, figures.get(role, {}), entry.get("settings"))
         if entry.get("class_names"):
             st.caption("Classes: " + ", ".join(entry["class_names"]))
         role_figures = figures.get(role, {})

@@ -1,0 +1,225 @@
+"""Self-configuring PatchCore: settings chosen from normal images alone.
+
+Candidate settings are judged on held-out normal images (the validation split) and on seeded synthetic
+defects made from them (:mod:`training.synthetic`); real defective images are never read. The objective is
+``image AUROC + PIXEL_WEIGHT * pixel AUROC`` of synthetic defects against the held-out normals; among
+candidates within ``TIE`` of the best, the cheapest on the edge wins (smaller input, fewer orientations,
+smaller bank). Geometry candidates (input size, bank orientations) each embed the images once; the coreset is
+greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and the image-score
+rule only re-read the distance grids. Any setting written in the YAML is kept and not searched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.preprocess import PreprocessSpec
+from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
+from training import metrics
+from training.config import PatchCoreConfig, TrainConfig
+from training.data import DatasetSplits, Sample, load_images
+from training.synthetic import make_defects
+
+log = logging.getLogger(__name__)
+
+PIXEL_WEIGHT = 0.5
+TIE = 0.002
+SEARCHED = ("size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction")
+SIZES = (224, 320)
+ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
+CORESET_RATIOS = (0.01, 0.02)
+BLUR_SIGMAS = (2.0, 4.0, 8.0, 16.0)
+TOP_FRACTIONS: tuple[float | None, ...] = (None, 0.01)
+SEARCH_TRAIN_IMAGES = 120
+HELD_OUT_IMAGES = 40
+DEFECTS_PER_IMAGE = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting of the searched PatchCore fields and its figures on held-out normals and synthetic defects."""
+
+    size: int
+    bank_rotations: tuple[int, ...]
+    coreset_ratio: float
+    blur_sigma: float
+    score_top_fraction: float | None
+    image_auroc: float
+    pixel_auroc: float
+    bank_size: int
+
+    @property
+    def objective(self) -> float:
+        """What the search maximises."""
+        return self.image_auroc + PIXEL_WEIGHT * self.pixel_auroc
+
+    @property
+    def cost(self) -> float:
+        """Relative edge cost: pixels per frame times a search over the bank."""
+        return (self.size / 224) ** 2 * (1 + self.bank_size / 4000)
+
+
+def _options(pc: PatchCoreConfig, field: str, default: Sequence[Any]) -> list[Any]:
+    """The candidate values of ``field``: the YAML's value when it set one, else ``default``."""
+    if field in pc.model_fields_set:
+        value = getattr(pc, field)
+        return [tuple(value) if isinstance(value, list) else value]
+    return list(default)
+
+
+def _shrink(images: np.ndarray, size: int) -> np.ndarray:
+    """Images (N, S, S, C) resized to size x size (area interpolation)."""
+    if images.shape[1] == size:
+        return images
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def _shrink_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    if masks.shape[1] == size:
+        return masks
+    return np.stack([cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) for m in masks]) > 0
+
+
+def _held_out(splits: DatasetSplits, pc: PatchCoreConfig, size: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out normal images, synthetic defects made from them and the defects' masks, at ``size``."""
+    rng = np.random.default_rng(seed)
+    samples = list(splits.validation)
+    if len(samples) > HELD_OUT_IMAGES:
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), HELD_OUT_IMAGES, replace=False))]
+    normals, _ = load_images(samples, PreprocessSpec(size, "rgb", pc.resize))
+    defects, masks, _ = make_defects(list(normals), DEFECTS_PER_IMAGE, seed)
+    return normals, np.stack(defects), np.stack(masks)
+
+
+def _bank_rows(ratio: float, n_patches: int, max_bank: int) -> int:
+    """Rows one orientation keeps: as in :func:`training.models.patchcore.build_memory_bank`."""
+    return min(max(1, round(ratio * n_patches)), max_bank)
+
+
+def _evaluate_grids(
+    distances: np.ndarray, grid: tuple[int, int], masks: np.ndarray, n_normal: int, size: int, sigma: float
+) -> tuple[np.ndarray, float]:
+    """Anomaly maps of held-out images from their patch distances, and the pixel AUROC of the defects' maps."""
+    maps = np.stack([distance_map(d, grid, size, sigma) for d in distances])
+    pixel = metrics.pixel_auroc(masks, maps[n_normal:], max_pixels=400_000)
+    return maps, pixel
+
+
+class _SizeFeatures:
+    """Everything the search needs at one input size, computed once: backbone, held-out embeddings, coresets."""
+
+    def __init__(self, pc: PatchCoreConfig, size: int, train: list[Sample], held_out: np.ndarray, seed: int) -> None:
+        from training.backbones import get_backbone
+        from training.models.patchcore import PatchCoreScorer
+        from training.train_anomaly import keras_forward
+
+        backbone, (offset, scale) = get_backbone(pc.backbone, size, pc.weights, tuple(pc.taps))
+        spec = PreprocessSpec(size, "rgb", pc.resize, offset=offset, scale=scale)
+        self.scorer = PatchCoreScorer(keras_forward(backbone), spec)
+        self.pc, self.seed = pc, seed
+        self.train_images, _ = load_images(train, spec)
+        self.held = self.scorer.embed(_shrink(held_out, size))
+        assert self.scorer.grid is not None
+        self.grid: tuple[int, int] = self.scorer.grid
+        self.n_patches = 0
+        self.prefixes: dict[int, np.ndarray] = {}
+
+    def coreset(self, degrees: int, max_ratio: float) -> np.ndarray:
+        """Greedy coreset rows of the training images turned by ``degrees``, at ``max_ratio`` (smaller: a prefix)."""
+        from training.models.patchcore import greedy_coreset
+
+        if degrees not in self.prefixes:
+            turned = np.ascontiguousarray(np.rot90(self.train_images, degrees // 90, axes=(1, 2)))
+            patches = self.scorer.embed(turned)
+            patches = patches.reshape(-1, patches.shape[-1])
+            self.n_patches = len(patches)
+            n_max = _bank_rows(max_ratio, self.n_patches, self.pc.max_bank)
+            self.prefixes[degrees] = patches[greedy_coreset(patches, n_max, self.pc.projection_dim or 128, self.seed)]
+        return self.prefixes[degrees]
+
+    def bank(self, turns: Sequence[int], ratio: float, max_ratio: float) -> np.ndarray:
+        """The memory bank of orientations ``0, *turns`` at ``ratio``."""
+        rows = [self.coreset(d, max_ratio) for d in (0, *turns)]
+        return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
+
+
+def search_patchcore(
+    cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0
+) -> tuple[PatchCoreConfig, dict[str, Any]]:
+    """Choose PatchCore's settings from normal images; returns (the config to train, the search report)."""
+    pc, seed = cfg.patchcore, cfg.dataset.seed
+    sizes = _options(pc, "size", SIZES)
+    orientations = _options(pc, "bank_rotations", ORIENTATIONS)
+    ratios = sorted(_options(pc, "coreset_ratio", CORESET_RATIOS))
+    sigmas = _options(pc, "blur_sigma", BLUR_SIGMAS)
+    tops = _options(pc, "score_top_fraction", TOP_FRACTIONS)
+    if not splits.validation:
+        msg = f"data set {splits.name!r}: the settings search needs normal validation images"
+        raise ValueError(msg)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    train = list(splits.train)
+    if len(train) > SEARCH_TRAIN_IMAGES:
+        train = [train[i] for i in sorted(rng.choice(len(train), SEARCH_TRAIN_IMAGES, replace=False))]
+    normals, defects, masks = _held_out(splits, pc, max(sizes), seed)
+    labels = np.r_[np.zeros(len(normals)), np.ones(len(defects))]
+    candidates: list[Candidate] = []
+    skipped: list[str] = []
+    features: dict[int, _SizeFeatures] = {}
+    for size, turns in sorted(itertools.product(sizes, orientations), key=lambda g: g[0] ** 2 * (1 + len(g[1]))):
+        if time.perf_counter() - t0 > budget_seconds:
+            skipped.append(f"size {size}, rotations {list(turns)}: over the search budget")
+            continue
+        if size not in features:
+            features[size] = _SizeFeatures(pc, size, train, np.concatenate([normals, defects]), seed)
+        at_size = features[size]
+        size_masks = _shrink_masks(masks, size)
+        for ratio in ratios:
+            bank = at_size.bank(turns, ratio, ratios[-1])
+            index = NearestNeighbourIndex(bank, threads=2)
+            distances = np.stack([index.distances(p) for p in at_size.held])
+            for sigma in sigmas:
+                maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, len(normals), size, sigma)
+                for top in tops:
+                    scores = np.array([image_score(m, top) for m in maps])
+                    auroc = metrics.roc_auc(labels, scores)
+                    candidates.append(Candidate(size, tuple(turns), ratio, sigma, top, auroc, pixel, len(bank)))
+        log.info("search: size %d, rotations %s done at %.0f s", size, list(turns), time.perf_counter() - t0)
+    best = max(c.objective for c in candidates)
+    chosen = min((c for c in candidates if c.objective >= best - TIE), key=lambda c: (c.cost, -c.objective))
+    update = {
+        "size": chosen.size,
+        "bank_rotations": list(chosen.bank_rotations),
+        "coreset_ratio": chosen.coreset_ratio,
+        "blur_sigma": chosen.blur_sigma,
+        "score_top_fraction": chosen.score_top_fraction,
+    }
+    report = {
+        "chosen": update,
+        "chosen_figures": {"synthetic_image_auroc": chosen.image_auroc, "synthetic_pixel_auroc": chosen.pixel_auroc},
+        "fixed_by_config": sorted(f for f in SEARCHED if f in pc.model_fields_set),
+        "objective": f"image AUROC + {PIXEL_WEIGHT} x pixel AUROC on synthetic defects; cheapest within {TIE}",
+        "held_out_normals": len(normals),
+        "synthetic_defects": len(defects),
+        "search_train_images": len(train),
+        "seconds": time.perf_counter() - t0,
+        "budget_seconds": budget_seconds,
+        "skipped": skipped,
+        "candidates": [{**asdict(c), "objective": c.objective} for c in candidates],
+    }
+    log.info(
+        "search chose %s (synthetic image AUROC %.3f, pixel %.3f) in %.0f s",
+        update,
+        chosen.image_auroc,
+        chosen.pixel_auroc,
+        report["seconds"],
+    )
+    return pc.model_copy(update=update), report
