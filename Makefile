@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline bench-casting-sweep describe clean soak
+.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench: bench-train bench-export bench-pipeline  ## every benchmark; Markdown tab
 
 bench-train: install  ## train + evaluate every model on bottle, tire, casting: one table per data set
 	$(PY) -m bench.train_bench --out bench/results
+
+bench-auto: install  ## PatchCore from dataset-only configs (the search chooses), int8 export; bench/results/autoconfig.md
+	$(PY) -m bench.autoconfig_bench --out bench/results
 
 bench-casting-sweep: install  ## how the casting PatchCore settings were chosen (tuning vs holdout part of the test split)
 	$(PY) -m bench.casting_sweep

@@ -155,6 +155,8 @@ def export_scorer(
         "size_export_bytes": len(tflite),
         "graph": "shared with the classifier" if graph is not None else "own",
         "expected_false_alarm_rate": calibration.false_alarm_bound,
+        "test_false_alarm_rate": float((edge_scores[labels == 0] >= calibration.threshold).mean()),
+        "test_recall": float((edge_scores[labels == 1] >= calibration.threshold).mean()),
         "synthetic_recall": synthetic_recall,
     }
     if splits.has_masks:

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 PIXEL_WEIGHT = 0.5
 TIE = 0.002
-SEARCHED = ("size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction")
+SEARCHED = ("backbone", "size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction")
+#: Backbones tried at the best geometry of the default one, with their relative cost per pixel on the edge.
+BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite2": 1.8}
 SIZES = (224, 320)
 ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
 CORESET_RATIOS = (0.01, 0.02)
@@ -47,6 +49,7 @@ DEFECTS_PER_IMAGE = 3
 class Candidate:
     """One setting of the searched PatchCore fields and its figures on held-out normals and synthetic defects."""
 
+    backbone: str
     size: int
     bank_rotations: tuple[int, ...]
     coreset_ratio: float
@@ -64,7 +67,8 @@ class Candidate:
     @property
     def cost(self) -> float:
         """Relative edge cost: pixels per frame times a search over the bank."""
-        return (self.size / 224) ** 2 * (1 + self.bank_size / 4000)
+        per_pixel = BACKBONE_COST.get(self.backbone, 2.0)
+        return per_pixel * (self.size / 224) ** 2 * (1 + self.bank_size / 4000)
 
 
 def _options(pc: PatchCoreConfig, field: str, default: Sequence[Any]) -> list[Any]:
@@ -116,12 +120,14 @@ def _evaluate_grids(
 class _SizeFeatures:
     """Everything the search needs at one input size, computed once: backbone, held-out embeddings, coresets."""
 
-    def __init__(self, pc: PatchCoreConfig, size: int, train: list[Sample], held_out: np.ndarray, seed: int) -> None:
+    def __init__(
+        self, pc: PatchCoreConfig, backbone_name: str, size: int, train: list[Sample], held_out: np.ndarray, seed: int
+    ) -> None:
         from training.backbones import get_backbone
         from training.models.patchcore import PatchCoreScorer
         from training.train_anomaly import keras_forward
 
-        backbone, (offset, scale) = get_backbone(pc.backbone, size, pc.weights, tuple(pc.taps))
+        backbone, (offset, scale) = get_backbone(backbone_name, size, pc.weights, tuple(pc.taps))
         spec = PreprocessSpec(size, "rgb", pc.resize, offset=offset, scale=scale)
         self.scorer = PatchCoreScorer(keras_forward(backbone), spec)
         self.pc, self.seed = pc, seed
@@ -151,51 +157,103 @@ class _SizeFeatures:
         return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
 
 
+def _available_backbones(pc: PatchCoreConfig) -> list[str]:
+    """The YAML's backbone, else every backbone of :data:`BACKBONE_COST` whose ImageNet weights are installed."""
+    if "backbone" in pc.model_fields_set or pc.weights != "imagenet":
+        return [pc.backbone]
+    from training.backbones.efficientnet_lite import weights_path
+
+    names = [pc.backbone]
+    for name in BACKBONE_COST:
+        try:
+            weights_path(name.removeprefix("efficientnet_"))
+        except ImportError:
+            log.info("search: %s skipped (its weights package is not installed)", name)
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+class _Search:
+    """The candidates tried so far, over geometries of one or more backbones."""
+
+    def __init__(self, cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float) -> None:
+        pc, seed = cfg.patchcore, cfg.dataset.seed
+        self.pc, self.seed, self.budget = pc, seed, budget_seconds
+        self.sizes = _options(pc, "size", SIZES)
+        self.orientations = _options(pc, "bank_rotations", ORIENTATIONS)
+        self.ratios = sorted(_options(pc, "coreset_ratio", CORESET_RATIOS))
+        self.sigmas = _options(pc, "blur_sigma", BLUR_SIGMAS)
+        self.tops = _options(pc, "score_top_fraction", TOP_FRACTIONS)
+        self.t0 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        train = list(splits.train)
+        if len(train) > SEARCH_TRAIN_IMAGES:
+            train = [train[i] for i in sorted(rng.choice(len(train), SEARCH_TRAIN_IMAGES, replace=False))]
+        self.train = train
+        self.normals, self.defects, self.masks = _held_out(splits, pc, max(self.sizes), seed)
+        self.labels = np.r_[np.zeros(len(self.normals)), np.ones(len(self.defects))]
+        self.candidates: list[Candidate] = []
+        self.skipped: list[str] = []
+        self.features: dict[tuple[str, int], _SizeFeatures] = {}
+
+    def elapsed(self) -> float:
+        """Seconds since the search started."""
+        return time.perf_counter() - self.t0
+
+    def geometry(self, backbone: str, size: int, turns: tuple[int, ...]) -> None:
+        """Try every coreset ratio, smoothing and score rule of one backbone, size and set of orientations."""
+        if self.elapsed() > self.budget:
+            self.skipped.append(f"{backbone}, size {size}, rotations {list(turns)}: over the search budget")
+            return
+        key = (backbone, size)
+        if key not in self.features:
+            held_out = np.concatenate([self.normals, self.defects])
+            self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
+        at_size = self.features[key]
+        size_masks = _shrink_masks(self.masks, size)
+        n_normal = len(self.normals)
+        for ratio in self.ratios:
+            bank = at_size.bank(turns, ratio, self.ratios[-1])
+            index = NearestNeighbourIndex(bank, threads=2)
+            distances = np.stack([index.distances(p) for p in at_size.held])
+            for sigma in self.sigmas:
+                maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
+                for top in self.tops:
+                    auroc = metrics.roc_auc(self.labels, np.array([image_score(m, top) for m in maps]))
+                    self.candidates.append(Candidate(backbone, size, turns, ratio, sigma, top, auroc, pixel, len(bank)))
+        log.info("search: %s, size %d, rotations %s done at %.0f s", backbone, size, list(turns), self.elapsed())
+
+
 def search_patchcore(
     cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0
 ) -> tuple[PatchCoreConfig, dict[str, Any]]:
-    """Choose PatchCore's settings from normal images; returns (the config to train, the search report)."""
-    pc, seed = cfg.patchcore, cfg.dataset.seed
-    sizes = _options(pc, "size", SIZES)
-    orientations = _options(pc, "bank_rotations", ORIENTATIONS)
-    ratios = sorted(_options(pc, "coreset_ratio", CORESET_RATIOS))
-    sigmas = _options(pc, "blur_sigma", BLUR_SIGMAS)
-    tops = _options(pc, "score_top_fraction", TOP_FRACTIONS)
+    """Choose PatchCore's settings from normal images; returns (the config to train, the search report).
+
+    First every geometry (size x orientations) of the YAML's backbone, cheapest first; then the other backbones
+    whose weights are installed, at the best geometry found.
+    """
+    pc = cfg.patchcore
     if not splits.validation:
         msg = f"data set {splits.name!r}: the settings search needs normal validation images"
         raise ValueError(msg)
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    train = list(splits.train)
-    if len(train) > SEARCH_TRAIN_IMAGES:
-        train = [train[i] for i in sorted(rng.choice(len(train), SEARCH_TRAIN_IMAGES, replace=False))]
-    normals, defects, masks = _held_out(splits, pc, max(sizes), seed)
-    labels = np.r_[np.zeros(len(normals)), np.ones(len(defects))]
-    candidates: list[Candidate] = []
-    skipped: list[str] = []
-    features: dict[int, _SizeFeatures] = {}
-    for size, turns in sorted(itertools.product(sizes, orientations), key=lambda g: g[0] ** 2 * (1 + len(g[1]))):
-        if time.perf_counter() - t0 > budget_seconds:
-            skipped.append(f"size {size}, rotations {list(turns)}: over the search budget")
-            continue
-        if size not in features:
-            features[size] = _SizeFeatures(pc, size, train, np.concatenate([normals, defects]), seed)
-        at_size = features[size]
-        size_masks = _shrink_masks(masks, size)
-        for ratio in ratios:
-            bank = at_size.bank(turns, ratio, ratios[-1])
-            index = NearestNeighbourIndex(bank, threads=2)
-            distances = np.stack([index.distances(p) for p in at_size.held])
-            for sigma in sigmas:
-                maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, len(normals), size, sigma)
-                for top in tops:
-                    scores = np.array([image_score(m, top) for m in maps])
-                    auroc = metrics.roc_auc(labels, scores)
-                    candidates.append(Candidate(size, tuple(turns), ratio, sigma, top, auroc, pixel, len(bank)))
-        log.info("search: size %d, rotations %s done at %.0f s", size, list(turns), time.perf_counter() - t0)
+    search = _Search(cfg, splits, budget_seconds)
+    geometries = sorted(itertools.product(search.sizes, search.orientations), key=lambda g: g[0] ** 2 * (1 + len(g[1])))
+    for size, turns in geometries:
+        search.geometry(pc.backbone, size, tuple(turns))
+    if not search.candidates:
+        msg = f"data set {splits.name!r}: the settings search tried no candidate within {budget_seconds:.0f} s"
+        raise ValueError(msg)
+    lead = max(search.candidates, key=lambda c: c.objective)
+    for backbone in _available_backbones(pc)[1:]:
+        search.geometry(backbone, lead.size, lead.bank_rotations)
+    candidates, skipped = search.candidates, search.skipped
+    normals, defects, train = search.normals, search.defects, search.train
     best = max(c.objective for c in candidates)
     chosen = min((c for c in candidates if c.objective >= best - TIE), key=lambda c: (c.cost, -c.objective))
     update = {
+        "backbone": chosen.backbone,
         "size": chosen.size,
         "bank_rotations": list(chosen.bank_rotations),
         "coreset_ratio": chosen.coreset_ratio,
@@ -210,7 +268,7 @@ def search_patchcore(
         "held_out_normals": len(normals),
         "synthetic_defects": len(defects),
         "search_train_images": len(train),
-        "seconds": time.perf_counter() - t0,
+        "seconds": search.elapsed(),
         "budget_seconds": budget_seconds,
         "skipped": skipped,
         "candidates": [{**asdict(c), "objective": c.objective} for c in candidates],

@@ -47,18 +47,19 @@ def markdown_table(dataset: str, results: dict[str, dict[str, Any]]) -> str:
         for key, _, fmt in COLUMNS:
             value = metrics.get(key)
             if key == "settings" and isinstance(value, dict):
-                value = _settings_text(value)
+                value = settings_text(value)
             cells.append("-" if value is None else fmt.format(value))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _settings_text(settings: dict[str, Any]) -> str:
-    """PatchCore's settings in a few words, e.g. ``320 px, rot 90/180/270, 2% bank, sigma 16, top 1% (search)``."""
+def settings_text(settings: dict[str, Any]) -> str:
+    """PatchCore's settings in a few words, e.g. ``lite0 320 px, rot 90/180/270, 2% bank, sigma 2, max (search)``."""
     turns = "/".join(str(t) for t in settings.get("bank_rotations") or []) or "none"
     top = settings.get("score_top_fraction")
     score = "max" if not top else f"top {top:.0%}"
+    backbone = str(settings.get("backbone", "efficientnet_lite0")).removeprefix("efficientnet_")
     return (
-        f"{settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank, "
+        f"{backbone} {settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank, "
         f"sigma {settings.get('blur_sigma'):g}, {score} ({settings.get('chosen_by')})"
     )

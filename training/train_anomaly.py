@@ -210,6 +210,7 @@ def train_patchcore(
     scorer.save_bank(folder)
     calibration, result = _calibrate_and_evaluate(scorer, splits, spec, cfg, folder, loo_scores)
     settings = {
+        "backbone": pc.backbone,
         "size": pc.size,
         "bank_rotations": list(pc.bank_rotations),
         "coreset_ratio": pc.coreset_ratio,

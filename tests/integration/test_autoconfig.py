@@ -20,7 +20,7 @@ def search_result(datasets_root):
     cfg = TrainConfig.model_validate(
         {
             "dataset": {"name": "bottle", "layout": "mvtec", "root": "mvtec_ad/bottle"},
-            "patchcore": {"size": 224, "bank_rotations": [], "blur_sigma": 4.0},
+            "patchcore": {"backbone": "efficientnet_lite0", "size": 224, "bank_rotations": [], "blur_sigma": 4.0},
         }
     )
     splits = load_dataset(cfg.dataset)
@@ -33,7 +33,7 @@ def search_result(datasets_root):
 def test_search_keeps_what_the_yaml_sets_and_chooses_the_rest(search_result):
     chosen, report = search_result
     assert chosen.size == 224 and chosen.bank_rotations == [] and chosen.blur_sigma == 4.0
-    assert report["fixed_by_config"] == ["bank_rotations", "blur_sigma", "size"]
+    assert report["fixed_by_config"] == ["backbone", "bank_rotations", "blur_sigma", "size"]
     assert chosen.coreset_ratio in (0.01, 0.02) and chosen.score_top_fraction in (None, 0.01)
     assert report["chosen"]["coreset_ratio"] == chosen.coreset_ratio
     # every candidate: 2 coreset ratios x 2 score rules, judged on held-out normals and synthetic defects
@@ -49,6 +49,7 @@ def test_training_run_records_the_choice_and_the_threshold(bottle_run):
     metrics = read_run(bottle_run)["patchcore"]
     assert metrics["settings"]["chosen_by"] == "search"
     assert metrics["settings"]["size"] == 224 and metrics["settings"]["bank_rotations"] == []
+    assert metrics["settings"]["backbone"] == "efficientnet_lite0"
     assert (bottle_run / "patchcore" / "autoconfig.json").is_file()
     calibration = json.loads((bottle_run / "patchcore" / "calibration.json").read_text())
     assert calibration["method"] == "false_alarm_rate" and calibration["false_alarm_rate"] == 0.01

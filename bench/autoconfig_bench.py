@@ -1,0 +1,103 @@
+"""Self-configuration on every data set: train PatchCore from a dataset-only config, export int8, one table.
+
+For each data set a child process runs ``training.cli train`` on ``configs/datasets/<name>.yaml`` (the search
+chooses the settings from normal images), then the run is exported to an int8 bundle (scorer alone). The table
+gives the settings chosen, the search's share of the training time, float and int8 figures on the test split
+(which the search never read), and the false-alarm rate and recall at the shipped (int8) threshold.
+Run with ``make bench-auto``; writes ``bench/results/autoconfig.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.train_bench import environment
+from training.report import settings_text
+
+DATASETS = ("bottle", "tire", "casting")
+
+
+def train_and_export(name: str, runs: Path, bundles: Path) -> dict[str, Any]:
+    """Train (with the search) and export one data set; returns the figures of both."""
+    from model_export.export import export_bundle
+    from training.config import load_train_config
+
+    config = f"configs/datasets/{name}.yaml"
+    run_dir = runs / name
+    cmd = [sys.executable, "-m", "training.cli", "train", "--config", config, "--out", str(run_dir)]
+    t0 = time.perf_counter()
+    env = {**os.environ, "LINEWATCH_LOG": "WARNING"}
+    subprocess.run([*cmd, "--models", "patchcore"], check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    metrics = json.loads((run_dir / "patchcore" / "metrics.json").read_text(encoding="utf-8"))
+    report = export_bundle(run_dir, load_train_config(config), bundles / name, "int8", "patchcore", None)
+    return {"name": name, "wall_seconds": wall, "float": metrics, "int8": report.figures["scorer"]}
+
+
+def _cell(value: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of all data sets."""
+    lines = [
+        "| data set | settings chosen | search s / train s | image AUROC float / int8 | pixel AUROC float / int8 "
+        "| PRO float / int8 | test false alarms at the int8 threshold | recall at it | expected FA rate "
+        "| synthetic recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        f, q = row["float"], row["int8"]
+        cm = f["confusion_matrix"]
+        lines.append(
+            f"| {row['name']} | {settings_text(f['settings'])} | {f['search_seconds']:.0f} / {f['train_seconds']:.0f} "
+            f"| {_cell(f['image_auroc'])} / {_cell(q['auroc_export'])} "
+            f"| {_cell(f.get('pixel_auroc'))} / {_cell(q.get('pixel_auroc_export'))} "
+            f"| {_cell(f.get('pro'))} / {_cell(q.get('pro_export'))} "
+            f"| {_cell(q['test_false_alarm_rate'])} (float: {cm[0][1]} of {sum(cm[0])}) "
+            f"| {_cell(q['test_recall'])} (float: {_cell(f['recall'])}) "
+            f"| {_cell(q['expected_false_alarm_rate'])} | {_cell(q['synthetic_recall'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write ``<out>/autoconfig.md``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/auto"))
+    parser.add_argument("--bundles", type=Path, default=Path("bundles/auto"))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--skip-training", action="store_true", help="export and tabulate the existing runs")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.datasets.split(","):
+        if args.skip_training:
+            from model_export.export import export_bundle
+            from training.config import load_train_config
+
+            run_dir = args.runs / name
+            metrics = json.loads((run_dir / "patchcore" / "metrics.json").read_text(encoding="utf-8"))
+            cfg = load_train_config(f"configs/datasets/{name}.yaml")
+            report = export_bundle(run_dir, cfg, args.bundles / name, "int8", "patchcore", None)
+            rows.append({"name": name, "wall_seconds": None, "float": metrics, "int8": report.figures["scorer"]})
+        else:
+            rows.append(train_and_export(name, args.runs, args.bundles))
+        print(f"{name}: done", flush=True)
+    text = f"{render(rows)}\n\n{environment()} Command: `make bench-auto`.\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "autoconfig.md").write_text(text, encoding="utf-8")
+    (args.out / "autoconfig.json").write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
