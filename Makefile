@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ describe: install  ## data set statistics of bottle, tire and casting
 test: install system-deps  ## ruff + the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+test-fast: install  ## the edit loop: ruff and the unit tests only (no training, no services)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests/unit
 
 lint: install
 	$(PY) -m ruff check .

@@ -157,6 +157,12 @@ class _SizeFeatures:
         return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
 
 
+def choose(candidates: Sequence[Candidate]) -> Candidate:
+    """The cheapest candidate on the edge among those within :data:`TIE` of the best objective."""
+    best = max(c.objective for c in candidates)
+    return min((c for c in candidates if c.objective >= best - TIE), key=lambda c: (c.cost, -c.objective))
+
+
 def _available_backbones(pc: PatchCoreConfig) -> list[str]:
     """The YAML's backbone, else every backbone of :data:`BACKBONE_COST` whose ImageNet weights are installed."""
     if "backbone" in pc.model_fields_set or pc.weights != "imagenet":
@@ -250,8 +256,7 @@ def search_patchcore(
         search.geometry(backbone, lead.size, lead.bank_rotations)
     candidates, skipped = search.candidates, search.skipped
     normals, defects, train = search.normals, search.defects, search.train
-    best = max(c.objective for c in candidates)
-    chosen = min((c for c in candidates if c.objective >= best - TIE), key=lambda c: (c.cost, -c.objective))
+    chosen = choose(candidates)
     update = {
         "backbone": chosen.backbone,
         "size": chosen.size,

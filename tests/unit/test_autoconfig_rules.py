@@ -1,0 +1,31 @@
+"""The search's rules without images: what is searched, what the YAML fixes, which candidate wins."""
+
+from training.autoconfig import Candidate, _options, choose
+from training.config import PatchCoreConfig
+
+
+def _candidate(size=224, turns=(), ratio=0.01, image=0.99, pixel=0.98, bank=1000, backbone="efficientnet_lite0"):
+    return Candidate(backbone, size, turns, ratio, 4.0, None, image, pixel, bank)
+
+
+def test_yaml_values_are_kept_and_the_rest_searched():
+    pc = PatchCoreConfig.model_validate({"size": 320, "bank_rotations": [90, 180, 270]})
+    assert _options(pc, "size", (224, 320)) == [320]
+    assert _options(pc, "bank_rotations", ((), (90, 180, 270))) == [(90, 180, 270)]
+    assert _options(pc, "blur_sigma", (2.0, 4.0)) == [2.0, 4.0]  # not in the YAML: searched
+
+
+def test_the_cheapest_within_the_tie_wins():
+    cheap = _candidate(image=0.990)
+    dear = _candidate(size=320, turns=(90, 180, 270), image=0.991)  # better by less than TIE
+    assert choose([dear, cheap]) is cheap
+    clearly_better = _candidate(size=320, image=0.999)
+    assert choose([cheap, dear, clearly_better]) is clearly_better
+
+
+def test_a_heavier_backbone_costs_more_than_lite0_at_the_same_size():
+    lite0 = _candidate()
+    lite2 = _candidate(backbone="efficientnet_lite2")
+    assert lite2.cost > lite0.cost
+    assert choose([lite2, lite0]) is lite0
+    assert lite0.objective == 0.99 + 0.5 * 0.98
