@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"name": name, "wall_seconds": None, "float": metrics, "int8": report.figures["scorer"]})
         else:
             rows.append(train_and_export(name, args.runs, args.bundles))
+        (args.runs / name / "bench_row.json").write_text(json.dumps(rows[-1], default=str), encoding="utf-8")
         print(f"{name}: done", flush=True)
+    done = {row["name"] for row in rows}
+    for name in DATASETS:  # rows of data sets measured by an earlier run of this bench, kept in the table
+        earlier = args.runs / name / "bench_row.json"
+        if name not in done and earlier.is_file():
+            rows.append(json.loads(earlier.read_text(encoding="utf-8")))
+    rows.sort(key=lambda row: DATASETS.index(row["name"]) if row["name"] in DATASETS else len(DATASETS))
     text = f"{render(rows)}\n\n{environment()} Command: `make bench-auto`.\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoconfig.md").write_text(text, encoding="utf-8")

@@ -29,3 +29,14 @@ def test_a_heavier_backbone_costs_more_than_lite0_at_the_same_size():
     assert lite2.cost > lite0.cost
     assert choose([lite2, lite0]) is lite0
     assert lite0.objective == 0.99 + 0.5 * 0.98
+
+
+def test_backbones_tried_default_to_the_yamls_alone():
+    from training.autoconfig import _available_backbones
+
+    assert _available_backbones(PatchCoreConfig()) == ["efficientnet_lite0"]
+    # offered more, the search tries those whose weights are installed (Lite2's are a dependency of the train extra)
+    offered = _available_backbones(PatchCoreConfig(), ["efficientnet_lite2"])
+    assert offered == ["efficientnet_lite0", "efficientnet_lite2"]
+    fixed = PatchCoreConfig.model_validate({"backbone": "efficientnet_lite2"})
+    assert _available_backbones(fixed, ["efficientnet_lite0"]) == ["efficientnet_lite2"]  # the YAML wins
