@@ -29,6 +29,7 @@ from training import metrics
 from training.artifacts import code_version, read_json
 from training.config import TrainConfig
 from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
+from training.synthetic import synthetic_recall
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def export_scorer(
         val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile, t.false_alarm_rate, loo_scores
     )
     entry["calibration"] = calibration.to_dict()
-    synthetic_recall = _synthetic_recall(edge, val_images, calibration.threshold, cfg.dataset.seed, spec)
+    recall = synthetic_recall(lambda x: _edge_scores(edge, x)[0], val_images, calibration.threshold, cfg.dataset.seed)
     test_images, test_samples = load_images(splits.test, spec)
     labels = np.array([s.label for s in test_samples])
     float_scores, float_maps = _float_scores(folder, kind, test_images)
@@ -157,7 +158,7 @@ def export_scorer(
         "expected_false_alarm_rate": calibration.false_alarm_bound,
         "test_false_alarm_rate": float((edge_scores[labels == 0] >= calibration.threshold).mean()),
         "test_recall": float((edge_scores[labels == 1] >= calibration.threshold).mean()),
-        "synthetic_recall": synthetic_recall,
+        "synthetic_recall": recall,
     }
     if splits.has_masks:
         masks = load_masks(test_samples, spec)
@@ -171,19 +172,6 @@ def export_scorer(
         msg = f"{kind} {precision}: image AUROC {figures['auroc_export']:.4f} vs float {figures['auroc_float']:.4f}"
         raise ParityError(f"{msg}: drop {drop:.4f} exceeds the gate of {max_drop}", kind)
     return entry, figures
-
-
-def _synthetic_recall(
-    edge: PatchCoreTFLite | AutoencoderTFLite, images: np.ndarray, threshold: float, seed: int, spec: PreprocessSpec
-) -> float | None:
-    """Share of synthetic defects (made from the validation images) at or above the exported threshold."""
-    from training.synthetic import make_defects
-
-    if spec.color != "rgb" or len(images) == 0:
-        return None
-    defects, _, _ = make_defects(list(images), 3, seed)
-    scores, _ = _edge_scores(edge, np.stack(defects))
-    return float((scores >= threshold).mean())
 
 
 def refit_memory_bank(

@@ -238,3 +238,16 @@ def make_defects(
             out_masks.append(mask)
             labels.append(f"{kind}/{'large' if large else 'small'}")
     return out_images, out_masks, labels
+
+
+def synthetic_recall(
+    score: Callable[[np.ndarray], np.ndarray], images: np.ndarray, threshold: float, seed: int
+) -> float | None:
+    """Share of 3 synthetic defects per image (seeded) that ``score`` puts at or above ``threshold``.
+
+    ``score`` maps a batch of prepared uint8 images to image scores; None for gray or empty ``images``.
+    """
+    if len(images) == 0 or images.shape[-1] != 3:
+        return None
+    defects, _, _ = make_defects(list(images), 3, seed)
+    return float((np.asarray(score(np.stack(defects))) >= threshold).mean())

@@ -98,7 +98,7 @@ def _calibrate_and_evaluate(
     its training images). The recall on synthetic defects made from the validation images is reported at the
     fitted threshold, next to the false-alarm rate the threshold is expected to give.
     """
-    from training.synthetic import make_defects
+    from training.synthetic import synthetic_recall
 
     val_images, _ = load_images(splits.validation, spec, splits.skipped)
     val_scores, val_maps = scorer.score(val_images)
@@ -106,8 +106,7 @@ def _calibrate_and_evaluate(
     calibration = fit_calibration(
         val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile, t.false_alarm_rate, extra_normal_scores
     )
-    synthetic, _, _ = make_defects(list(val_images), 3, cfg.dataset.seed) if spec.color == "rgb" else ([], None, None)
-    synthetic_scores = scorer.score(np.stack(synthetic))[0] if synthetic else np.zeros(0)
+    recall = synthetic_recall(lambda x: scorer.score(x)[0], val_images, calibration.threshold, cfg.dataset.seed)
     test_images, test_samples = load_images(splits.test, spec, splits.skipped)
     t0 = time.perf_counter()
     scores, maps = scorer.score(test_images)
@@ -118,7 +117,7 @@ def _calibrate_and_evaluate(
     result["expected_false_alarm_rate"] = calibration.false_alarm_bound
     result["false_alarm_rate_asked"] = calibration.false_alarm_rate
     result["normal_scores_for_threshold"] = calibration.n_normal
-    result["synthetic_recall"] = float((synthetic_scores >= calibration.threshold).mean()) if synthetic else None
+    result["synthetic_recall"] = recall
     result["threshold_note"] = calibration.note
     save_heatmaps(folder / "heatmaps", test_samples, test_images, maps, masks, calibration, cfg.heatmap_samples)
     np.savez_compressed(folder / "test_scores.npz", scores=scores, labels=[s.label for s in test_samples])
@@ -183,6 +182,7 @@ def train_patchcore(
     ``calibration.json`` (and so into the bundle's manifest).
     """
     from training.artifacts import finalise_model_folder, write_json
+    from training.autoconfig import SEARCHED, search_patchcore
     from training.backbones import get_backbone
     from training.models.patchcore import PatchCoreScorer, bank_params
 
@@ -190,8 +190,6 @@ def train_patchcore(
     t0 = time.perf_counter()
     search: dict[str, Any] | None = None
     pc = cfg.patchcore
-    from training.autoconfig import SEARCHED, search_patchcore
-
     if auto and not set(SEARCHED) <= pc.model_fields_set:
         pc, search = search_patchcore(cfg, splits, budget_seconds)
         write_json(folder / "autoconfig.json", search)

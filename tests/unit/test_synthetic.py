@@ -46,3 +46,13 @@ def test_foreground_is_the_round_bottle_not_the_black_corners(bottle_images):
 def test_non_square_images_are_refused():
     with pytest.raises(ValueError, match="square"):
         make_defects([np.zeros((10, 20, 3), np.uint8)])
+
+
+def test_synthetic_recall_is_the_share_at_or_above_the_threshold(bottle_images):
+    from training.synthetic import synthetic_recall
+
+    images = np.stack(bottle_images)
+    changed = lambda batch: (batch != images.repeat(3, axis=0)).any(axis=(1, 2, 3)).astype(float)  # noqa: E731
+    assert synthetic_recall(changed, images, 1.0, seed=0) == 1.0  # every defect changes its image
+    assert synthetic_recall(lambda batch: np.zeros(len(batch)), images, 0.5, seed=0) == 0.0
+    assert synthetic_recall(changed, images[..., :1], 1.0, seed=0) is None  # gray: no synthetic defects
