@@ -6,9 +6,12 @@ Layout of a bundle folder::
     scorer.tflite          anomaly scorer graph (PatchCore backbone or autoencoder)
     memory_bank.npy        PatchCore only: float32 memory bank (score maths stays outside the graph)
     classifier.tflite      optional defect-type classifier (format 1, or format 2 when it has its own graph)
+    type_head.npz          optional type head (``kind: type_head``): float32 regression over features pooled from
+                           the scorer graph's deeper tap where the distance map is high (edge_agent.type_head)
 
 Format 2 adds ``shares_graph_of`` to a model entry: the classifier's softmax is then an extra output of the
-scorer's graph (one int8 pass gives both the feature maps and the defect type). Format 1 bundles still load.
+scorer's graph (one int8 pass gives both the feature maps and the defect type), or the type head reads the
+graph's feature maps after the scorer's ``params.patch_taps``. Format 1 bundles still load.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from edge_agent.scoring import (
     patch_embedding,
     reconstruction_map,
 )
+from edge_agent.type_head import SHAPE_FEATURES, TypeHead, type_features
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,25 @@ def _check_io(model: TFLiteModel, entry: ModelEntry) -> None:
 
 
 def backbone_patches(
-    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int
-) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
-    """One prepared image through a PatchCore graph: patch embeddings (P, D), their grid, and the 2-D head output
-    of a classifier sharing the graph (None without one)."""
+    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int, patch_taps: int | None = None
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, list[np.ndarray]]:
+    """One prepared image through a PatchCore graph: patch embeddings (P, D) from its first ``patch_taps`` feature
+    maps (all when None), their grid, the 2-D head output of a classifier sharing the graph (None without one),
+    and the feature maps after the patch taps (a type head's deeper tap)."""
     outputs = model(normalise(prepared[None], spec))
     feature_maps = [o[0] for o in outputs if o.ndim == 4]
     head = next((o[0] for o in outputs if o.ndim == 2), None)
-    return patch_embedding(feature_maps, pool), feature_maps[0].shape[:2], head
+    taps = feature_maps[:patch_taps] if patch_taps is not None else feature_maps
+    return patch_embedding(taps, pool), taps[0].shape[:2], head, feature_maps[len(taps) :]
 
 
 class PatchCoreTFLite:
     """PatchCore: backbone in TFLite, memory-bank distance and smoothing in float32 numpy.
 
-    The graph's 4-D outputs are the feature maps; a 2-D output, when there is one, is the softmax of a classifier
-    head sharing the backbone (bundle format 2), returned as the head output.
+    The graph's first ``params.patch_taps`` 4-D outputs (all when unset) form the patches. Its other output, when
+    there is one, belongs to a defect-type model sharing the graph (bundle format 2): a 2-D softmax of a classifier
+    head, or a deeper feature map pooled where the distance map is high (:mod:`edge_agent.type_head`); either is
+    returned as the head output.
     """
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
@@ -84,7 +89,11 @@ class PatchCoreTFLite:
         self.pool = int(entry.params.get("pool", 3))
         self.sigma = float(entry.params.get("blur_sigma", 4.0))
         self.top_fraction = entry.params.get("score_top_fraction")
+        maps = [t.shape for t in self.model.outputs if len(t.shape) == 4]
+        self.patch_taps = int(entry.params.get("patch_taps", len(maps)))
         self.head_width = next((t.shape[-1] for t in self.model.outputs if len(t.shape) == 2), None)
+        if len(maps) > self.patch_taps:
+            self.head_width = sum(s[-1] for s in maps) + SHAPE_FEATURES
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
         """Image score (max of the map) and the smoothed distance map."""
@@ -92,9 +101,14 @@ class PatchCoreTFLite:
         return score, amap
 
     def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
-        """Score, map and the shared classifier head's output (None without a head)."""
-        patches, grid, head = backbone_patches(self.model, prepared, self.entry.preprocess, self.pool)
-        amap = distance_map(self.index.distances(patches), grid, self.entry.preprocess.size, self.sigma)
+        """Score, map and the output of a type model sharing the graph (None without one)."""
+        patches, grid, head, deeper = backbone_patches(
+            self.model, prepared, self.entry.preprocess, self.pool, self.patch_taps
+        )
+        distances = self.index.distances(patches)
+        amap = distance_map(distances, grid, self.entry.preprocess.size, self.sigma)
+        if deeper:
+            head = type_features(patches, distances, grid, deeper[0])
         return image_score(amap, self.top_fraction), amap, head
 
 
@@ -121,28 +135,39 @@ class AutoencoderTFLite:
 
 
 class DefectClassifier:
-    """Defect-type classifier: softmax over ['good', *defect types], from its own graph or the scorer's head."""
+    """Defect-type model: softmax over its class names, from its own graph, the scorer graph's classifier head, or
+    a type head (``kind: type_head``) over features the scorer's graph pooled where the map is high."""
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
         self.entry = entry
         self.class_names = entry.class_names
         self.model: TFLiteModel | None = None
-        if entry.shares_graph_of is None:
+        self.type_head: TypeHead | None = None
+        if entry.kind == "type_head":
+            self.type_head = TypeHead.load(folder / entry.params["head"])
+            if self.type_head.class_names != self.class_names:
+                raise BundleError(f"{entry.params['head']}: classes {self.type_head.class_names} != manifest's")
+        elif entry.shares_graph_of is None:
             self.model = TFLiteModel(folder / entry.file, threads)
             _check_io(self.model, entry)
+
+    @property
+    def input_width(self) -> int:
+        """Length of the head output this model reads from a shared graph."""
+        return self.type_head.n_features if self.type_head is not None else len(self.class_names)
 
     def probabilities(
         self, image_rgb: np.ndarray, prepared: np.ndarray | None = None, head: np.ndarray | None = None
     ) -> np.ndarray:
         """Class probabilities (softmax, renormalised after int8 rounding).
 
-        A classifier sharing the scorer's graph needs that graph's ``head`` output; one with its own graph reuses
+        A model sharing the scorer's graph needs that graph's ``head`` output; one with its own graph reuses
         ``prepared`` (the image already resized with this classifier's pre-processing) when given.
         """
         if self.model is None:
             if head is None:
                 raise BundleError(f"classifier shares the graph of {self.entry.shares_graph_of}: pass its output")
-            raw = head
+            raw = self.type_head.probabilities(head) if self.type_head is not None else head
         else:
             image = prepared if prepared is not None else prepare(image_rgb, self.entry.preprocess)
             raw = self.model(normalise(image[None], self.entry.preprocess))[0][0]
@@ -181,8 +206,10 @@ class Inspector:
         self.classifier = DefectClassifier(classifier, bundle.path, threads) if classifier else None
         if classifier is not None and classifier.shares_graph_of is not None:
             width = getattr(self.scorer, "head_width", None)
-            if classifier.shares_graph_of != "scorer" or width != len(classifier.class_names):
-                msg = f"bundle {bundle.path}: the scorer graph has no {len(classifier.class_names)}-class head output"
+            if classifier.shares_graph_of != "scorer" or width != self.classifier.input_width:
+                what = f"{self.classifier.input_width}-wide" if self.classifier.type_head else ""
+                what = what or f"{len(classifier.class_names)}-class"
+                msg = f"bundle {bundle.path}: the scorer graph has no {what} head output"
                 raise BundleError(msg)
         # the classifier reuses the scorer's resized image when both want the same pre-processing
         self.same_preprocess = classifier is not None and classifier.preprocess == entry.preprocess

@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
     parser.add_argument("--precision", choices=["int8", "float16", "float32"], default="int8")
     parser.add_argument("--scorer", default="patchcore", help="model folder of the anomaly scorer")
-    parser.add_argument("--classifier", default="classifier-transfer", help="classifier folder, or '' for none")
+    parser.add_argument(
+        "--classifier",
+        default="auto",
+        help="defect-type model folder: auto (type-head, else classifier-transfer), or '' for none",
+    )
     parser.add_argument("--max-auroc-drop", type=float, default=0.01, help="parity gate on image AUROC")
     parser.add_argument("--min-agreement", type=float, default=0.9, help="parity gate on classifier top-1")
     parser.add_argument(

@@ -1,5 +1,8 @@
 """Build the demo bundle with the project's own code: train on MVTec AD bottle, export int8, verify.
 
+The defect type comes from the type head (``training.type_head``); the transfer classifier where a data set has
+fewer than two defect types.
+
 Does nothing when a bundle that verifies is already there. ``python -m model_export.demo_bundle``.
 """
 
@@ -36,13 +39,18 @@ def ensure_demo_bundle(config: Path, run_dir: Path, out: Path, with_classifier: 
         train_patchcore(splits, cfg, run_dir / "patchcore")
     classifier = None
     if with_classifier and cfg.classifier.enabled:
+        classifier = "type-head"
+        if not (run_dir / classifier / "meta.json").is_file():
+            from training.type_head import train_type_head
+
+            if train_type_head(splits, run_dir / "patchcore", run_dir / classifier, cfg.classifier.folds) is None:
+                classifier = "classifier-transfer"
+    if classifier == "classifier-transfer" and not (run_dir / classifier / "meta.json").is_file():
         from training.cli import classifier_follows_scorer
         from training.train_classifier import train_and_save
 
         cfg = classifier_follows_scorer(cfg, run_dir / "patchcore")
-        classifier = "classifier-transfer"
-        if not (run_dir / classifier / "meta.json").is_file():
-            train_and_save("transfer", splits, cfg.classifier, run_dir / classifier)
+        train_and_save("transfer", splits, cfg.classifier, run_dir / classifier)
     report = export_bundle(run_dir, cfg, out, "int8", "patchcore", classifier)
     for role, figures in report.figures.items():
         log.info("exported %s: %s", role, {k: v for k, v in figures.items() if not isinstance(v, str)})

@@ -34,6 +34,8 @@ from training.synthetic import synthetic_recall
 log = logging.getLogger(__name__)
 
 MAX_CALIBRATION_IMAGES = 300
+#: Defect-type model folders ``classifier="auto"`` takes, first found first.
+DEFECT_TYPE_MODELS = ("type-head", "classifier-transfer")
 
 
 class ParityError(RuntimeError):
@@ -130,6 +132,7 @@ def export_scorer(
         np.save(staging / "memory_bank.npy", bank)
         entry["params"]["memory_bank"] = "memory_bank.npy"
         entry["params"]["bank_size"] = len(bank)
+        entry["params"]["patch_taps"] = len(params["taps"])
     edge_cls = PatchCoreTFLite if kind == "patchcore" else AutoencoderTFLite
     edge = edge_cls(parse_entry("scorer", entry), staging, threads=2)
     val_images, _ = load_images(splits.validation, spec)
@@ -193,7 +196,7 @@ def refit_memory_bank(
     def embed(images: np.ndarray) -> np.ndarray:
         out = []
         for image in images:
-            patches, image_grid, _ = backbone_patches(model, image, spec, pool)
+            patches, image_grid, _, _ = backbone_patches(model, image, spec, pool, len(params["taps"]))
             grid[:] = [image_grid]
             out.append(patches)
         return np.stack(out)
@@ -294,21 +297,25 @@ def export_bundle(
     out: Path,
     precision: Precision = "int8",
     scorer: str = "patchcore",
-    classifier: str | None = "classifier-transfer",
+    classifier: str | None = "auto",
     max_auroc_drop: float = 0.01,
     min_agreement: float = 0.9,
     share_backbone: bool = True,
 ) -> ExportReport:
     """Export ``run_dir/<scorer>`` (and the classifier) into the bundle folder ``out``; atomic on success.
 
-    With ``share_backbone`` the classifier becomes a head of the scorer's graph when the two can share it
-    (:mod:`model_export.fuse`); otherwise, or when they cannot, it gets its own graph.
+    ``classifier="auto"`` takes the first of :data:`DEFECT_TYPE_MODELS` the run has. With ``share_backbone`` the
+    classifier becomes a head of the scorer's graph when the two can share it (:mod:`model_export.fuse`);
+    otherwise, or when they cannot, it gets its own graph. A type head always shares the scorer's graph.
     """
     from model_export.fuse import shared_backbone_model
+    from model_export.type_head_export import is_type_head, type_head_entry
 
     splits = load_dataset(cfg.dataset)
     report = ExportReport(bundle=None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if classifier == "auto":
+        classifier = next((c for c in DEFECT_TYPE_MODELS if (run_dir / c / "model.keras").is_file()), None)
     classifier_dir = run_dir / classifier if classifier else None
     if classifier_dir is not None and not (classifier_dir / "model.keras").is_file():
         classifier_dir = None
@@ -322,7 +329,8 @@ def export_bundle(
             run_dir / scorer, splits, cfg, precision, staging, max_auroc_drop, graph
         )
         if classifier_dir is not None and graph is not None:
-            models["classifier"], report.figures["classifier"] = shared_classifier_entry(
+            shared_entry = type_head_entry if is_type_head(classifier_dir) else shared_classifier_entry
+            models["classifier"], report.figures["classifier"] = shared_entry(
                 classifier_dir, splits, models["scorer"], staging, min_agreement
             )
         elif classifier_dir is not None:

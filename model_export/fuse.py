@@ -1,4 +1,7 @@
-"""One graph for PatchCore and the defect-type classifier when both run on the same frozen backbone.
+"""One graph for PatchCore and the defect-type model when both run on the same frozen backbone.
+
+A type head (``training.type_head``) reads one deeper tap of the same ImageNet backbone: its graph is the
+scorer's taps plus that tap.
 
 The transfer classifier keeps EfficientNet-Lite0 frozen up to ``stage6`` (``training.models.classifier``), and the
 PatchCore feature taps (``stage3``, ``stage5``) lie inside that frozen part. When the weights of every backbone
@@ -49,6 +52,11 @@ def shared_backbone_model(scorer_folder: Path, classifier_folder: Path) -> keras
         if len(ours) != len(theirs) or any(not np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)):
             log.info("separate classifier graph: backbone layer %s has other weights in the classifier", layer.name)
             return None
+    if read_json(classifier_folder / "meta.json")["kind"] == "type_head":
+        deep = _output_layer_names(classifier)[-1]
+        log.info("one graph for scorer and type head: outputs %s + %s", taps, deep)
+        outputs = [classifier.get_layer(name).output for name in (*taps, deep)]
+        return keras.Model(classifier.input, outputs, name="patchcore_with_type_tap")
     outputs = [classifier.get_layer(tap).output for tap in taps] + [classifier.output]
     log.info("one graph for scorer and classifier: outputs %s + softmax", taps)
     return keras.Model(classifier.input, outputs, name="patchcore_with_classifier")

@@ -59,7 +59,12 @@ def train(
         results["autoencoder"] = train_autoencoder(splits, cfg, run_dir / "autoencoder")
     if "classifier" in models and cfg.classifier.enabled:
         from training.train_classifier import train_and_save
+        from training.type_head import train_type_head
 
+        if (run_dir / "patchcore" / "meta.json").is_file():
+            result = train_type_head(splits, run_dir / "patchcore", run_dir / "type-head", cfg.classifier.folds)
+            if result is not None:
+                results["type-head"] = result
         cfg = classifier_follows_scorer(cfg, run_dir / "patchcore")
         for kind in ("transfer", "custom"):
             results[f"classifier-{kind}"] = train_and_save(kind, splits, cfg.classifier, run_dir / f"classifier-{kind}")

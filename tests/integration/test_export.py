@@ -181,3 +181,53 @@ def test_a_shared_head_must_match_the_class_list(shared_bundle, tmp_path):
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="shares the graph of 'nothing'"):
         load_bundle(tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def type_head_run(bottle_run, bottle_config, tmp_path_factory):
+    """The session's bottle run plus a type head fitted on its PatchCore (2 folds)."""
+    from training.config import load_train_config
+    from training.data import load_dataset
+    from training.type_head import train_type_head
+
+    run = tmp_path_factory.mktemp("with-type-head") / "run"
+    shutil.copytree(bottle_run / "patchcore", run / "patchcore")
+    splits = load_dataset(load_train_config(bottle_config).dataset)
+    metrics = train_type_head(splits, run / "patchcore", run / "type-head", folds=2)
+    assert metrics is not None
+    return run, metrics
+
+
+def test_type_head_reads_the_scorer_graph(type_head_run, bottle_config, datasets_root, tmp_path):
+    from edge_agent.inspector import Inspector
+    from edge_agent.preprocess import read_image
+
+    run, metrics = type_head_run
+    # what the line sees (good below the threshold, else the head's type), out of fold; 224 px, 2 folds here
+    assert metrics["class_names"] == ["good", "broken_large", "broken_small", "contamination"]
+    assert np.array(metrics["confusion_matrix"]).sum() == 83
+    assert metrics["macro_f1"] >= 0.75, metrics["macro_f1"]
+    manifest = _export(run, bottle_config, tmp_path / "bundle")  # classifier "auto" takes the type head
+    entry, scorer = manifest["models"]["classifier"], manifest["models"]["scorer"]
+    assert entry["kind"] == "type_head" and entry["shares_graph_of"] == "scorer"
+    assert entry["class_names"] == ["broken_large", "broken_small", "contamination"]
+    assert "type_head.npz" in manifest["files"] and "classifier.tflite" not in manifest["files"]
+    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112], [1, 7, 7, 320]]
+    assert scorer["params"]["patch_taps"] == 2
+    assert manifest["metrics"]["classifier"]["top1_agreement"] >= 0.9
+    assert manifest["metrics"]["scorer"]["auroc_export"] >= manifest["metrics"]["scorer"]["auroc_float"] - 0.01
+
+    inspector = Inspector(load_bundle(tmp_path / "bundle"))
+    hits = 0
+    for path in sorted((datasets_root / "mvtec_ad/bottle/test").glob("*/00[0-3].png")):
+        result = inspector.inspect(read_image(path), classify_all=True)
+        assert result.type_probabilities is not None and result.type_probabilities.sum() == pytest.approx(1.0)
+        assert result.anomalous == (path.parent.name != "good"), path
+        hits += result.defect_type == path.parent.name
+    assert hits >= 10  # of 12 defective images (the head saw them in training: a wiring check, not a figure)
+
+    shutil.copytree(tmp_path / "bundle", tmp_path / "renamed")
+    manifest["models"]["classifier"]["class_names"][0] = "dent"
+    (tmp_path / "renamed" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="classes"):
+        Inspector(load_bundle(tmp_path / "renamed"))
