@@ -1,9 +1,11 @@
 """Self-configuration on every data set: train PatchCore from a dataset-only config, export int8, one table.
 
 For each data set a child process runs ``training.cli train`` on ``configs/datasets/<name>.yaml`` (the search
-chooses the settings from normal images), then the run is exported to an int8 bundle (scorer alone). The table
-gives the settings chosen, the search's share of the training time, float and int8 figures on the test split
-(which the search never read), and the false-alarm rate and recall at the shipped (int8) threshold.
+chooses the settings from normal images), the type head is fitted on the run (data sets with two or more defect
+types), and the run is exported to an int8 bundle (scorer and type head in one graph). The first table gives the
+settings chosen, the search's share of the training time, float and int8 figures on the test split (which the
+search never read), and the false-alarm rate and recall at the shipped (int8) threshold; the second the type
+head's 5-fold macro F1 and its int8 agreement.
 Run with ``make bench-auto``; writes ``bench/results/autoconfig.md``.
 """
 
@@ -26,19 +28,37 @@ DATASETS = ("bottle", "tire", "casting")
 
 def train_and_export(name: str, runs: Path, bundles: Path) -> dict[str, Any]:
     """Train (with the search) and export one data set; returns the figures of both."""
-    from model_export.export import export_bundle
-    from training.config import load_train_config
-
     config = f"configs/datasets/{name}.yaml"
-    run_dir = runs / name
-    cmd = [sys.executable, "-m", "training.cli", "train", "--config", config, "--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "training.cli", "train", "--config", config, "--out", str(runs / name)]
     t0 = time.perf_counter()
     env = {**os.environ, "LINEWATCH_LOG": "WARNING"}
     subprocess.run([*cmd, "--models", "patchcore"], check=True, env=env, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    return export_row(name, runs / name, bundles, time.perf_counter() - t0)
+
+
+def export_row(name: str, run_dir: Path, bundles: Path, wall: float | None) -> dict[str, Any]:
+    """Fit the type head on a trained run when it has none, export it int8; the row of both tables."""
+    from model_export.export import export_bundle
+    from training.config import load_train_config
+    from training.data import load_dataset
+    from training.type_head import train_type_head
+
+    cfg = load_train_config(f"configs/datasets/{name}.yaml")
+    head_dir = run_dir / "type-head"
+    if not (head_dir / "meta.json").is_file():
+        train_type_head(load_dataset(cfg.dataset), run_dir / "patchcore", head_dir, cfg.classifier.folds)
+    types = json.loads((head_dir / "metrics.json").read_text(encoding="utf-8")) if head_dir.is_dir() else None
+    classifier = "type-head" if types else None
+    report = export_bundle(run_dir, cfg, bundles / name, "int8", "patchcore", classifier)
     metrics = json.loads((run_dir / "patchcore" / "metrics.json").read_text(encoding="utf-8"))
-    report = export_bundle(run_dir, load_train_config(config), bundles / name, "int8", "patchcore", None)
-    return {"name": name, "wall_seconds": wall, "float": metrics, "int8": report.figures["scorer"]}
+    return {
+        "name": name,
+        "wall_seconds": wall,
+        "float": metrics,
+        "int8": report.figures["scorer"],
+        "type_head": types,
+        "type_head_int8": report.figures.get("classifier"),
+    }
 
 
 def _cell(value: Any, fmt: str = "{:.3f}") -> str:
@@ -68,6 +88,26 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_types(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of the type head per data set."""
+    lines = [
+        "| data set | defect types | macro F1 as the line sees it (5-fold) | macro F1 of the types alone "
+        "| confusion [true][predicted], good first | int8 top-1 agreement | fit + CV s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        head, q = row.get("type_head"), row.get("type_head_int8") or {}
+        if not head:
+            lines.append(f"| {row['name']} | fewer than two: no type head | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {row['name']} | {', '.join(head['class_names'][1:])} | {head['macro_f1']:.3f} "
+            f"| {head['types_macro_f1']:.3f} | {head['confusion_matrix']} | {_cell(q.get('top1_agreement'))} "
+            f"| {head['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write ``<out>/autoconfig.md``."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -80,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.datasets.split(","):
         if args.skip_training:
-            from model_export.export import export_bundle
-            from training.config import load_train_config
-
-            run_dir = args.runs / name
-            metrics = json.loads((run_dir / "patchcore" / "metrics.json").read_text(encoding="utf-8"))
-            cfg = load_train_config(f"configs/datasets/{name}.yaml")
-            report = export_bundle(run_dir, cfg, args.bundles / name, "int8", "patchcore", None)
-            rows.append({"name": name, "wall_seconds": None, "float": metrics, "int8": report.figures["scorer"]})
+            rows.append(export_row(name, args.runs / name, args.bundles, None))
         else:
             rows.append(train_and_export(name, args.runs, args.bundles))
         (args.runs / name / "bench_row.json").write_text(json.dumps(rows[-1], default=str), encoding="utf-8")
@@ -98,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in done and earlier.is_file():
             rows.append(json.loads(earlier.read_text(encoding="utf-8")))
     rows.sort(key=lambda row: DATASETS.index(row["name"]) if row["name"] in DATASETS else len(DATASETS))
-    text = f"{render(rows)}\n\n{environment()} Command: `make bench-auto`.\n"
+    text = f"{render(rows)}\n\n{render_types(rows)}\n\n{environment()} Command: `make bench-auto`.\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoconfig.md").write_text(text, encoding="utf-8")
     (args.out / "autoconfig.json").write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
