@@ -28,38 +28,39 @@ system-deps:  ## Debian packages the tests need (mosquitto, Chromium for the rev
 
 run: install  ## main job: build the demo bundle (train + int8 export on bottle), run the agent on a demo folder
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
-	$(PY) -m edge_agent.cli demo --config configs/agent.default.yaml --images $(DATASETS)/mvtec_ad/bottle/test
+	$(VENV)/bin/linewatch-agent demo --config configs/agent.default.yaml --images $(DATASETS)/mvtec_ad/bottle/test
 
 REVIEW_PORT ?= 8501
 review: install  ## the review page on the demo database (after `make run`), http://127.0.0.1:$(REVIEW_PORT), log in as demo
-	$(VENV)/bin/streamlit run review/app.py --server.headless true --server.address 127.0.0.1 \
-	  --server.port $(REVIEW_PORT) --browser.gatherUsageStats false --client.toolbarMode viewer \
-	  -- --config configs/review.default.yaml
+	$(VENV)/bin/linewatch-review serve --config configs/review.default.yaml --port $(REVIEW_PORT)
 
 train: install  ## train + evaluate every model on bottle, print the metrics table
-	$(PY) -m training.cli train --config configs/datasets/bottle.yaml --out runs/bottle
+	$(VENV)/bin/linewatch-train train --config configs/datasets/bottle.yaml --out runs/bottle
 
 describe: install  ## data set statistics of bottle, tire and casting
-	for ds in bottle tire casting; do $(PY) -m training.cli describe --config configs/datasets/$$ds.yaml; done
+	for ds in bottle tire casting; do $(VENV)/bin/linewatch-train describe --config configs/datasets/$$ds.yaml; done
 
-test: install system-deps  ## ruff + the whole test suite
+test: install system-deps  ## what CI runs: ruff (lint + format), mypy (strict on edge_agent, model_export), every test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
-test-fast: install  ## the edit loop: ruff and the unit tests only (no training, no services)
+test-fast: install  ## the edit loop (about a minute): ruff and the unit tests only (no training, no services)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests/unit
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: bench-train bench-export bench-pipeline  ## every benchmark; Markdown tables in bench/results/
 
 bench-train: install  ## train + evaluate every model on bottle, tire, casting: one table per data set
 	$(PY) -m bench.train_bench --out bench/results
 
-bench-auto: install  ## PatchCore from dataset-only configs (the search chooses), int8 export; bench/results/autoconfig.md
+bench-auto: install  ## PatchCore from dataset-only configs (the search chooses), type head, int8 export; bench/results/autoconfig.md
 	$(PY) -m bench.autoconfig_bench --out bench/results
 
 bench-casting-sweep: install  ## how the casting PatchCore settings were chosen (tuning vs holdout part of the test split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -89,10 +90,10 @@ class Agent:
         ]
         source: Source
         if isinstance(cam.source, FolderSourceConfig):
-            source = FolderSource(cam.id, cam.source, is_known=lambda fid, c=cam.id: self.store.has_verdict(c, fid))
+            source = FolderSource(cam.id, cam.source, is_known=functools.partial(self.store.has_verdict, cam.id))
         else:
             source = StreamSource(cam.id, cam.source)
-        source.on_state(lambda state, c=cam.id: self._camera_state(c, state))
+        source.on_state(functools.partial(self._camera_state, cam.id))
         return Camera(cam, source, pipelines)
 
     def _verdict(self, verdict: VerdictRecord) -> None:

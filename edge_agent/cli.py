@@ -10,9 +10,13 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentConfig, FolderSourceConfig, load_agent_config
 from edge_agent.errors import LinewatchError
+
+if TYPE_CHECKING:
+    from edge_agent.records import VerdictRecord
 
 log = logging.getLogger("edge_agent")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -121,7 +125,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     incoming = cam.source.path
     incoming.mkdir(parents=True, exist_ok=True)
     seen: list[str] = []
-    agent = Agent(cfg, on_verdict=lambda v: (seen.append(v.frame_id), print(verdict_line(v), flush=True)))
+
+    def on_verdict(verdict: VerdictRecord) -> None:
+        seen.append(verdict.frame_id)
+        print(verdict_line(verdict), flush=True)
+
+    agent = Agent(cfg, on_verdict=on_verdict)
     agent.start()
     files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -142,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description="linewatch edge agent")
+    parser = argparse.ArgumentParser(prog="linewatch-agent", description="linewatch edge agent")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "run": (cmd_run, "run the agent until SIGTERM"),

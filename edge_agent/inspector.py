@@ -172,7 +172,8 @@ class DefectClassifier:
             image = prepared if prepared is not None else prepare(image_rgb, self.entry.preprocess)
             raw = self.model(normalise(image[None], self.entry.preprocess))[0][0]
         probs = np.clip(np.asarray(raw, np.float64), 0.0, None)
-        return probs / max(probs.sum(), 1e-12)
+        normalised: np.ndarray = probs / max(probs.sum(), 1e-12)
+        return normalised
 
     def pick(self, probs: np.ndarray) -> tuple[str, float]:
         """Most likely defect type (never 'good' when a defect type exists) and its probability."""
@@ -185,7 +186,10 @@ class DefectClassifier:
         return self.pick(self.probabilities(image_rgb))
 
 
-SCORERS = {"patchcore": PatchCoreTFLite, "autoencoder": AutoencoderTFLite}
+SCORERS: dict[str, type[PatchCoreTFLite] | type[AutoencoderTFLite]] = {
+    "patchcore": PatchCoreTFLite,
+    "autoencoder": AutoencoderTFLite,
+}
 
 
 class Inspector:
@@ -204,11 +208,11 @@ class Inspector:
         self.scorer: MapScorer = SCORERS[entry.kind](entry, bundle.path, threads)
         classifier = bundle.models.get("classifier")
         self.classifier = DefectClassifier(classifier, bundle.path, threads) if classifier else None
-        if classifier is not None and classifier.shares_graph_of is not None:
+        if self.classifier is not None and self.classifier.entry.shares_graph_of is not None:
             width = getattr(self.scorer, "head_width", None)
-            if classifier.shares_graph_of != "scorer" or width != self.classifier.input_width:
+            if self.classifier.entry.shares_graph_of != "scorer" or width != self.classifier.input_width:
                 what = f"{self.classifier.input_width}-wide" if self.classifier.type_head else ""
-                what = what or f"{len(classifier.class_names)}-class"
+                what = what or f"{len(self.classifier.class_names)}-class"
                 msg = f"bundle {bundle.path}: the scorer graph has no {what} head output"
                 raise BundleError(msg)
         # the classifier reuses the scorer's resized image when both want the same pre-processing

@@ -304,6 +304,7 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def health_response(self) -> tuple[int, bytes]:
+        details: dict[str, Any]
         if self.health is None:
             ok, details = True, {}
         else:

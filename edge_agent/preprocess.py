@@ -245,7 +245,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
     """ImageLength and ImageWidth of the first directory (the page OpenCV decodes); the largest if repeated."""
-    order = "little" if data[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
     ifd = int.from_bytes(data[4:8], order)
     count = int.from_bytes(data[ifd : ifd + 2], order)
     sides: dict[int, int] = {256: -1, 257: -1}

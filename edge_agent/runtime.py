@@ -128,7 +128,8 @@ class TFLiteModel:
             return x.astype(self.input.dtype)
         info = np.iinfo(self.input.dtype)
         q = np.rint(x / np.float32(self.input.scale)) + self.input.zero_point
-        return np.clip(q, info.min, info.max).astype(self.input.dtype)
+        quantised: np.ndarray = np.clip(q, info.min, info.max).astype(self.input.dtype)
+        return quantised
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one image (1,H,W,C) float32 normalised; return the outputs as float32 arrays."""

@@ -137,14 +137,16 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> np.ndarra
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).mean(axis=2).astype(np.float32)
+    ssim: np.ndarray = (num / den).mean(axis=2).astype(np.float32)
+    return ssim
 
 
 def reconstruction_map(original: np.ndarray, recon: np.ndarray, ssim_weight: float) -> np.ndarray:
     """Autoencoder anomaly map: (1-w) * squared error + w * (1 - SSIM), both per pixel, float32."""
     mse = ((original.astype(np.float32) - recon.astype(np.float32)) ** 2).mean(axis=2)
     dssim = 1.0 - ssim_map(original, recon)
-    return ((1 - ssim_weight) * mse + ssim_weight * dssim).astype(np.float32)
+    mixed: np.ndarray = ((1 - ssim_weight) * mse + ssim_weight * dssim).astype(np.float32)
+    return mixed
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,8 @@ class Calibration:
     def normalise(self, scores: np.ndarray | float) -> np.ndarray:
         """Map raw scores to [0, 1] with the threshold at 0.5."""
         span = max(self.threshold - self.center, 1e-12)
-        return np.clip(0.5 * (np.asarray(scores, np.float32) - self.center) / span, 0.0, 1.0)
+        normalised: np.ndarray = np.clip(0.5 * (np.asarray(scores, np.float32) - self.center) / span, 0.0, 1.0)
+        return normalised
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -180,9 +183,21 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         """Inverse of :meth:`to_dict` (bundles written before the false-alarm fields read as None)."""
-        keys = ("threshold", "center", "pixel_threshold", "method", "n_validation")
-        optional = ("false_alarm_rate", "false_alarm_bound", "n_normal", "note")
-        return cls(**{k: data[k] for k in keys}, **{k: data.get(k) for k in optional})
+
+        def optional(key: str, kind: type) -> Any:
+            return None if data.get(key) is None else kind(data[key])
+
+        return cls(
+            threshold=float(data["threshold"]),
+            center=float(data["center"]),
+            pixel_threshold=float(data["pixel_threshold"]),
+            method=str(data["method"]),
+            n_validation=int(data["n_validation"]),
+            false_alarm_rate=optional("false_alarm_rate", float),
+            false_alarm_bound=optional("false_alarm_bound", float),
+            n_normal=optional("n_normal", int),
+            note=optional("note", str),
+        )
 
 
 def normal_scores_needed(rate: float) -> int:

@@ -40,10 +40,10 @@ def read_secret(env_name: str | None, credential_name: str | None) -> str | None
                     log.debug("secret read from credential %s", credential_name)
                     return value
     if env_name:
-        value = os.environ.get(env_name)
-        if value:
+        from_env = os.environ.get(env_name)
+        if from_env:
             log.debug("secret read from environment variable %s", env_name)
-            return value
+            return from_env
     return None
 
 

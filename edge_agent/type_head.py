@@ -64,7 +64,8 @@ class TypeHead:
         z = ((np.asarray(features, np.float32) - self.mean) / self.std) @ self.weights + self.bias
         z = z - z.max(axis=-1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        probs: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+        return probs
 
     def save(self, path: Path) -> None:
         """Write the head as an ``.npz`` file (no pickles)."""

@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export.cli --config CONFIG.yaml --run runs/<dataset> --out bundles/<dataset>``.
+"""Command line: ``linewatch-export --config CONFIG.yaml --run runs/<dataset> --out bundles/<dataset>``.
 
 Exits non-zero, writing no bundle, when the parity gate fails; prints which model and by how much.
 """

@@ -42,7 +42,7 @@ def convert(model: keras.Model, precision: Precision, calibration: np.ndarray | 
     with contextlib.redirect_stdout(printed):
         flatbuffer = converter.convert()
     log.debug("converter output: %s", printed.getvalue())
-    return flatbuffer
+    return bytes(flatbuffer)
 
 
 def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:

@@ -147,7 +147,7 @@ def export_scorer(
     labels = np.array([s.label for s in test_samples])
     float_scores, float_maps = _float_scores(folder, kind, test_images)
     edge_scores, edge_maps = _edge_scores(edge, test_images)
-    figures = {
+    figures: dict[str, Any] = {
         "model": kind,
         "precision": precision,
         "auroc_float": metrics.roc_auc(labels, float_scores),

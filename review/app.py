@@ -1,4 +1,4 @@
-"""The review page (Streamlit). Run: ``streamlit run review/app.py -- --config configs/review.default.yaml``.
+"""The review page (Streamlit). Run: ``linewatch-review serve --config configs/review.default.yaml``.
 
 The config path comes from ``--config`` after ``--``, else ``$LINEWATCH_REVIEW_CONFIG``, else
 ``configs/review.default.yaml``. Everything but the log-in form needs a logged-in user.

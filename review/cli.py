@@ -1,4 +1,6 @@
-"""``python -m review.cli``: hash-password, check-config, export, sync-s3.
+"""``linewatch-review`` (or ``python -m review.cli``): serve, hash-password, check-config, export, sync-s3.
+
+``serve`` runs the Streamlit page (``review/app.py``) bound to one address, headless, without usage statistics.
 
 ``hash-password`` reads the password from stdin when it is not a terminal (first line), else asks twice
 without echo; it prints only the hash, for an environment variable or a systemd credential.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,8 +107,20 @@ def cmd_sync_s3(args: argparse.Namespace) -> int:
     return 0 if report.errors == 0 else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Validate the config, then replace this process with the Streamlit server of the review page."""
+    load_review_config(args.config)
+    app = Path(__file__).with_name("app.py")
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true"]
+    argv += ["--server.address", args.address, "--server.port", str(args.port)]
+    argv += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+    argv += ["--", "--config", str(args.config)]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="review", description="linewatch review page tools")
+    parser = argparse.ArgumentParser(prog="linewatch-review", description="linewatch review page and its tools")
     sub = parser.add_subparsers(dest="command", required=True)
     hp = sub.add_parser("hash-password", help="print the hash of a password read from stdin or the terminal")
     hp.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help=f"at least {MIN_ITERATIONS}")
@@ -115,10 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", cmd_check_config, "validate the config and the users' hashes"),
         ("export", cmd_export, "export reviewed frames as a labelled data set"),
         ("sync-s3", cmd_sync_s3, "copy new verdicts from the S3 mirror"),
+        ("serve", cmd_serve, "run the review page (Streamlit)"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--config", required=True, type=Path, help="review YAML")
         cmd.set_defaults(func=func)
+        if name == "serve":
+            cmd.add_argument("--address", default="127.0.0.1", help="address to listen on")
+            cmd.add_argument("--port", type=int, default=8501)
         if name == "export":
             cmd.add_argument("--out", type=Path, default=None, help="new folder (default under paths.export_dir)")
     return parser

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training.cli describe|train|evaluate --config configs/datasets/bottle.yaml``."""
+"""Command line: ``linewatch-train describe|train|evaluate --config configs/datasets/bottle.yaml``."""
 
 from __future__ import annotations
 

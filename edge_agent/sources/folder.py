@@ -19,6 +19,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from edge_agent.config import FolderSourceConfig
 from edge_agent.preprocess import decode_image
@@ -157,7 +158,7 @@ class FolderSource(Source):
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
-        self._observer: Observer | None = None
+        self._observer: BaseObserver | None = None
         self._started_ns = time.time_ns()
 
     def start(self) -> None:
@@ -304,7 +305,8 @@ class FolderSource(Source):
             hints = {**dict.fromkeys(self._walk(), False), **hints}
         for path in self._watching:
             hints.setdefault(path, False)
-        ready, seen = [], set()
+        ready: list[tuple[int, str, Path]] = []
+        seen: set[str] = set()
         for raw, closed in hints.items():
             entry = self._check(Path(raw), closed, now, seen)
             if entry is not None:
@@ -312,8 +314,8 @@ class FolderSource(Source):
         if full:
             with self._lock:
                 self._processed &= seen
-        for _mtime, fid, path in sorted(ready):
-            self._offer(fid, path, _mtime)
+        for mtime_ns, fid, file in sorted(ready):
+            self._offer(fid, file, mtime_ns)
         return next_full
 
     def _walk(self) -> list[str]:

@@ -266,7 +266,7 @@ class StreamSource(Source):
                 ok, image = conn.cap.read()
                 if conn.cancelled.is_set():
                     break
-                if not ok:
+                if not ok or image is None:
                     conn.outcome = "ended" if conn.is_file else "failed"
                     break
                 conn.position += 1

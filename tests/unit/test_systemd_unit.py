@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "linewatch-agent.service"
 INSTALL = REPO / "systemd" / "install.sh"
-VENV_PYTHON = "/opt/linewatch/.venv/bin/python"
+VENV_AGENT = "/opt/linewatch/.venv/bin/linewatch-agent"
+LOCAL_AGENT = Path(sys.executable).with_name("linewatch-agent")  # the console script of this checkout
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
 MAX_EXPOSURE = 3.0  # systemd-analyze security: below 3 rates "OK"
@@ -86,8 +87,8 @@ def test_unit_directive(where, value):
 
 def test_unit_commands_credentials_and_paths():
     config = "--config /etc/linewatch/agent.yaml"
-    assert values("Service", "ExecStart") == [f"{VENV_PYTHON} -m edge_agent.cli run {config}"]
-    assert values("Service", "ExecStartPre") == [f"{VENV_PYTHON} -m edge_agent.cli check-config {config}"]
+    assert values("Service", "ExecStart") == [f"{VENV_AGENT} run {config}"]
+    assert values("Service", "ExecStartPre") == [f"{VENV_AGENT} check-config {config}"]
     assert values("Service", "LoadCredential") == [
         "mqtt-password:/etc/linewatch/credentials/mqtt-password",
         "s3-secret-key:/etc/linewatch/credentials/s3-secret-key",
@@ -107,8 +108,8 @@ def _analyze_supports(option: str) -> bool:
 
 
 def _runnable_copy(tmp_path: Path, extra: str = "") -> Path:
-    """The unit with ExecStart/ExecStartPre pointing at an interpreter that exists here."""
-    text = UNIT.read_text().replace(VENV_PYTHON, sys.executable)
+    """The unit with ExecStart/ExecStartPre pointing at the console script installed here."""
+    text = UNIT.read_text().replace(VENV_AGENT, str(LOCAL_AGENT))
     if extra:
         text = text.replace("[Service]\n", f"[Service]\n{extra}\n", 1)
     copy = tmp_path / UNIT.name
