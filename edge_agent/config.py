@@ -132,10 +132,12 @@ class MQTTConfig(StrictModel):
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
 
-class S3Config(StrictModel):
-    """Mirror of verdict records and images to S3 (AWS, MinIO, any S3 API)."""
+class S3Connection(StrictModel):
+    """Where an S3 bucket is and how to log in to it; shared by the agent's mirror and the review page's sync.
 
-    enabled: bool = False
+    Keys come from environment variables or systemd credentials, else boto3's default chain; never from YAML.
+    """
+
     bucket: str = Field(default="linewatch", min_length=3, max_length=63)
     prefix: str = Field(default="", description="key prefix before <agent>/<yyyy>/<mm>/<dd>/...")
     endpoint_url: str | None = Field(default=None, description="http(s)://host:port for MinIO or a test server")
@@ -143,7 +145,6 @@ class S3Config(StrictModel):
     access_key_env: str | None = Field(default="AWS_ACCESS_KEY_ID", description="env var of the access key")
     secret_key_env: str | None = Field(default="AWS_SECRET_ACCESS_KEY", description="env var of the secret key")
     secret_key_credential: str | None = Field(default=None, description="systemd credential of the secret key")
-    upload_images: bool = Field(default=True, description="upload the original image of anomalous frames")
 
     @field_validator("endpoint_url")
     @classmethod
@@ -163,6 +164,13 @@ class S3Config(StrictModel):
             raise ValueError(msg)
         _host(parts.hostname)
         return value
+
+
+class S3Config(S3Connection):
+    """Mirror of verdict records and images to S3 (AWS, MinIO, any S3 API)."""
+
+    enabled: bool = False
+    upload_images: bool = Field(default=True, description="upload the original image of anomalous frames")
 
 
 class DeliveryConfig(StrictModel):

@@ -9,19 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
+from edge_agent.config import DatabaseConfig, S3Connection
 from edge_agent.config_base import StrictModel, load_yaml_config, repeated
 
 Role = Literal["reviewer", "viewer"]
 TimeRange = Literal["1h", "24h", "7d", "30d", "all"]
-
-
-class DatabaseSection(StrictModel):
-    """The agent's verdict database (or, with an S3 source, the local copy the page syncs into)."""
-
-    url: str = Field(default="sqlite:///data/linewatch.db", description="SQLAlchemy database URL")
-    busy_timeout_ms: int = Field(default=5000, ge=0, description="SQLite busy timeout")
 
 
 class DatabaseSource(StrictModel):
@@ -30,27 +24,17 @@ class DatabaseSource(StrictModel):
     type: Literal["database"] = "database"
 
 
-class S3Source(StrictModel):
-    """Read verdicts from the agent's S3 mirror; records are copied into ``database.url``, images into cache_dir."""
+class S3Source(S3Connection):
+    """Read verdicts from the agents' S3 mirror; records are copied into ``database.url``, images into cache_dir.
+
+    Bucket, endpoint and keys as the agent's ``s3`` section (the same checks: no credentials in the endpoint).
+    """
 
     type: Literal["s3"] = "s3"
     bucket: str = Field(min_length=3, max_length=63, description="bucket the agents mirror into")
     prefix: str = Field(default="", description="key prefix to read, e.g. 'plant-a/' or 'plant-a/line1/'")
-    endpoint_url: str | None = Field(default=None, description="http(s)://host:port for MinIO or a test server")
-    region: str = "us-east-1"
-    access_key_env: str | None = Field(default="AWS_ACCESS_KEY_ID", description="env var of the access key")
-    secret_key_env: str | None = Field(default="AWS_SECRET_ACCESS_KEY", description="env var of the secret key")
-    secret_key_credential: str | None = Field(default=None, description="systemd credential of the secret key")
     cache_dir: Path = Field(default=Path("data/review-cache"), description="downloaded images and heatmaps")
     max_objects: int = Field(default=20000, ge=1, description="records read per sync at most")
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            msg = "must start with http:// or https://"
-            raise ValueError(msg)
-        return value
 
 
 SourceSection = Annotated[DatabaseSource | S3Source, Field(discriminator="type")]
@@ -114,7 +98,7 @@ class ReviewConfig(StrictModel):
     """Root of the review page's config file."""
 
     title: str = Field(default="linewatch review", description="page title")
-    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     source: SourceSection = Field(default_factory=DatabaseSource)
     paths: PathsSection = Field(default_factory=PathsSection)
     queue: QueueSection = Field(default_factory=QueueSection)

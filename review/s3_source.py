@@ -40,23 +40,10 @@ class SyncReport:
 
 
 def s3_client(cfg: S3Source) -> Any:
-    """A boto3 S3 client for the mirror (keys from the environment or systemd credentials, else boto3's chain)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
+    """A boto3 S3 client for the mirror: the agent's factory (same key sources, wire logs kept quiet)."""
+    from edge_agent.delivery.s3 import s3_client as make_client
 
-    access_key = read_secret(cfg.access_key_env, None)
-    secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
-    boto_cfg = BotoConfig(
-        region_name=cfg.region,
-        connect_timeout=3,
-        read_timeout=10,
-        retries={"total_max_attempts": 2, "mode": "standard"},
-        s3={"addressing_style": "path"} if cfg.endpoint_url else {},
-    )
-    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url, "config": boto_cfg}
-    if access_key and secret_key:
-        kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
-    return boto3.session.Session().client("s3", **kwargs)
+    return make_client(cfg)[0]
 
 
 def parse_record(body: bytes) -> VerdictRecord:

@@ -16,7 +16,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from edge_agent.config import S3Config
+from edge_agent.config import S3Config, S3Connection
 from edge_agent.delivery import DeliveryResult
 from edge_agent.secrets import read_secret, redact
 from edge_agent.store import OutboxItem
@@ -52,6 +52,29 @@ def quiet_wire_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
+def s3_client(cfg: S3Connection, connect_timeout: float = 3.0, read_timeout: float = 10.0) -> tuple[Any, list[str]]:
+    """A boto3 S3 client for ``cfg`` and the secrets it was given (for redaction); wire logs quieted first.
+
+    Keys from the environment or systemd credentials, else boto3's default chain (instance role, profile); path
+    addressing for a custom endpoint (MinIO, test servers); two attempts per request, short timeouts.
+    """
+    quiet_wire_logs()
+    access_key = read_secret(cfg.access_key_env, None)
+    secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
+    boto_cfg = BotoConfig(
+        region_name=cfg.region,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+        s3={"addressing_style": "path"} if cfg.endpoint_url else {},
+    )
+    kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url, "config": boto_cfg}
+    if access_key and secret_key:
+        kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    client = boto3.session.Session().client("s3", **kwargs)
+    return client, [s for s in (access_key, secret_key) if s]
+
+
 class S3Mirror:
     """Uploads outbox rows (JSON payloads or local files) under ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/``."""
 
@@ -60,21 +83,7 @@ class S3Mirror:
     ) -> None:
         self.cfg = cfg
         self.agent = agent_name
-        quiet_wire_logs()
-        access_key = read_secret(cfg.access_key_env, None)
-        secret_key = read_secret(cfg.secret_key_env, cfg.secret_key_credential)
-        self._secrets = [access_key, secret_key]
-        boto_cfg = BotoConfig(
-            region_name=cfg.region,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"total_max_attempts": 2, "mode": "standard"},
-            s3={"addressing_style": "path"} if cfg.endpoint_url else {},
-        )
-        kwargs: dict[str, Any] = {"endpoint_url": cfg.endpoint_url, "config": boto_cfg}
-        if access_key and secret_key:  # otherwise boto3's default chain (instance role, profile)
-            kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
-        self.client = boto3.session.Session().client("s3", **kwargs)
+        self.client, self._secrets = s3_client(cfg, connect_timeout, read_timeout)
         self._bucket_ready = False  # checked (and created if missing) before the first upload
         self.last_error: str | None = None  # reason of the latest failed upload (secrets redacted)
 

@@ -99,6 +99,43 @@ def test_config_errors_name_key_paths(tmp_path):
         parse_config(ReviewConfig, {"users": [{"name": "a", "role": "viewer", "password_hash_env": "X"}] * 2})
 
 
+def test_database_and_s3_sections_keep_the_agent_safeguards(tmp_path):
+    """The page shares the agent's sections: no password in a URL or endpoint, a real host:port."""
+    user = "users: [{name: a, role: viewer, password_hash_env: X}]\n"
+    cases = {
+        "database: {url: 'postgresql://lw:hunter2@db.local/linewatch'}\n": ("database.url", "must not hold a password"),
+        "source: {type: s3, bucket: lwb, endpoint_url: 'http://key:secret@minio:9000'}\n": (
+            "source.s3.endpoint_url",
+            "no credentials",
+        ),
+        "source: {type: s3, bucket: lwb, endpoint_url: 'http://minio:99999'}\n": ("source.s3.endpoint_url", "port"),
+    }
+    for i, (section, (key, reason)) in enumerate(cases.items()):
+        path = tmp_path / f"review{i}.yaml"
+        path.write_text(user + section)
+        with pytest.raises(ConfigError) as err:
+            load_review_config(path)
+        assert f"  {key}" in str(err.value) and reason in str(err.value), str(err.value)
+        assert "hunter2" not in str(err.value) and "secret@" not in str(err.value)
+
+
+def test_s3_client_keeps_boto_wire_logs_quiet(monkeypatch):
+    """boto logs request headers (the access key id) at DEBUG: the page's client must not, even under DEBUG."""
+    from review.config import S3Source
+    from review.s3_source import s3_client
+
+    for name in ("botocore", "boto3", "urllib3"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.DEBUG)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.DEBUG
+    client = s3_client(S3Source(bucket="lwb", endpoint_url="http://127.0.0.1:9"))
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+    for name in ("botocore", "boto3", "urllib3"):
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.INFO, name
+
+
 def test_shipped_configs_validate():
     for name in ("review.default.yaml", "review.example.yaml"):
         cfg = load_review_config(REPO / "configs" / name)
