@@ -9,9 +9,11 @@ Layout of a bundle folder::
     type_head.npz          optional type head (``kind: type_head``): float32 regression over features pooled from
                            the scorer graph's deeper tap where the distance map is high (edge_agent.type_head)
 
-Format 2 adds ``shares_graph_of`` to a model entry: the classifier's softmax is then an extra output of the
-scorer's graph (one int8 pass gives both the feature maps and the defect type), or the type head reads the
-graph's feature maps after the scorer's ``params.patch_taps``. Format 1 bundles still load.
+A model entry with ``shares_graph_of`` uses another entry's graph: a classifier's softmax is then an extra
+output of the scorer's graph (one int8 pass gives both the feature maps and the defect type), or the type head
+reads the graph's feature maps after the scorer's ``params.patch_taps``. The manifest is typed
+(:mod:`edge_agent.manifest`, format 3); bundles of the untyped formats 1 and 2 are refused with a request to
+re-export them.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import BundleError
-from edge_agent.preprocess import PreprocessSpec
-from edge_agent.scoring import Calibration
+from pydantic import ValidationError
 
-FORMAT_VERSION = 2
-SUPPORTED_FORMATS = (1, 2)
+from edge_agent.config_base import format_validation_error
+from edge_agent.errors import BundleError
+from edge_agent.manifest import FORMAT_VERSION, Manifest, ModelEntry, parse_manifest
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "ModelEntry", "load_bundle", "parse_entry", "sha256_file"]
+
+SUPPORTED_FORMATS = (FORMAT_VERSION,)
 MANIFEST = "manifest.json"
 
 
@@ -41,39 +46,26 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    """One model of a bundle as the manifest describes it."""
-
-    role: str
-    kind: str
-    file: str
-    precision: str
-    preprocess: PreprocessSpec
-    input: dict[str, Any]
-    outputs: list[dict[str, Any]]
-    params: dict[str, Any]
-    calibration: Calibration | None
-    class_names: list[str]
-    shares_graph_of: str | None = None
-
-
-@dataclass(frozen=True)
 class Bundle:
-    """A verified bundle: its folder, manifest and model entries by role (scorer, classifier)."""
+    """A verified bundle: its folder, typed manifest and model entries by role (scorer, classifier)."""
 
     path: Path
-    manifest: dict[str, Any]
-    models: dict[str, ModelEntry]
+    manifest: Manifest
+
+    @property
+    def models(self) -> dict[str, ModelEntry]:
+        """Model entries by role."""
+        return self.manifest.models
 
     @property
     def name(self) -> str:
         """Bundle name from the manifest."""
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
         """Bundle version from the manifest."""
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def digest(self) -> str:
@@ -82,43 +74,35 @@ class Bundle:
 
     def file(self, name: str) -> Path:
         """Path of a file listed in the manifest."""
+        if name not in self.manifest.files:
+            raise BundleError(f"bundle {self.path}: {name} is not listed in the manifest")
         return self.path / name
 
 
 def parse_entry(role: str, raw: dict[str, Any]) -> ModelEntry:
-    """Model entry from its manifest dict."""
-    calibration = raw.get("calibration")
-    return ModelEntry(
-        role=role,
-        kind=raw["kind"],
-        file=raw["file"],
-        precision=raw["precision"],
-        preprocess=PreprocessSpec.from_dict(raw["preprocess"]),
-        input=raw["input"],
-        outputs=raw["outputs"],
-        params=raw.get("params", {}),
-        calibration=Calibration.from_dict(calibration) if calibration else None,
-        class_names=list(raw.get("class_names", [])),
-        shares_graph_of=raw.get("shares_graph_of"),
-    )
+    """A model entry from its manifest mapping (export uses it on entries it is still writing)."""
+    try:
+        return ModelEntry.model_validate({**raw, "role": role})
+    except ValidationError as err:
+        raise BundleError(format_validation_error(err, f"model entry {role}")) from err
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle; raise BundleError on a missing file, wrong hash or format version."""
+    """Read and verify a bundle; raise BundleError on a missing file, wrong hash, format or manifest field."""
     path = Path(path)
     manifest_path = path / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise BundleError(f"bundle {path}: no {MANIFEST}") from err
     except (OSError, json.JSONDecodeError) as err:
         raise BundleError(f"bundle {path}: unreadable {MANIFEST}: {err}") from err
-    version = manifest.get("format_version")
+    version = raw.get("format_version") if isinstance(raw, dict) else None
     if version not in SUPPORTED_FORMATS:
         supported = ", ".join(map(str, SUPPORTED_FORMATS))
-        msg = f"bundle {path}: format version {version!r} is not supported (this agent reads {supported})"
+        msg = f"bundle {path}: format version {version!r} is not supported (this agent reads {supported}; re-export it)"
         raise BundleError(msg)
-    for name, expected in manifest.get("files", {}).items():
+    for name, expected in raw.get("files", {}).items():
         file = path / name
         if not file.is_file():
             raise BundleError(f"bundle {path}: file {name} listed in the manifest is missing")
@@ -126,17 +110,4 @@ def load_bundle(path: str | Path) -> Bundle:
         if actual != expected:
             msg = f"bundle {path}: SHA-256 of {name} is {actual[:12]}..., manifest says {expected[:12]}..."
             raise BundleError(msg)
-    try:
-        models = {role: parse_entry(role, raw) for role, raw in manifest["models"].items()}
-    except (KeyError, TypeError) as err:
-        raise BundleError(f"bundle {path}: malformed model entry ({err})") from err
-    if "scorer" not in models:
-        raise BundleError(f"bundle {path}: no scorer model")
-    for entry in models.values():
-        if entry.file not in manifest.get("files", {}):
-            raise BundleError(f"bundle {path}: {entry.file} is not covered by a hash")
-        owner = models.get(entry.shares_graph_of or "")
-        if entry.shares_graph_of is not None and (owner is None or owner.file != entry.file or version < 2):
-            msg = f"bundle {path}: {entry.role} shares the graph of {entry.shares_graph_of!r}, which is not in it"
-            raise BundleError(msg)
-    return Bundle(path, manifest, models)
+    return Bundle(path, parse_manifest(raw, f"bundle {path}"))

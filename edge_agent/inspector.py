@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from edge_agent.bundle import Bundle, ModelEntry
 from edge_agent.errors import BundleError
+from edge_agent.manifest import AutoencoderParams, PatchCoreParams, TypeHeadParams
 from edge_agent.preprocess import PreprocessSpec, normalise, prepare
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import (
@@ -51,12 +52,22 @@ def _check_io(model: TFLiteModel, entry: ModelEntry) -> None:
     """Refuse a graph whose input shape or quantisation differs from the manifest."""
     expected = entry.input
     actual = model.input.to_dict()
-    if list(actual["shape"]) != list(expected["shape"]) or actual["dtype"] != expected["dtype"]:
-        got, want = f"{actual['shape']} {actual['dtype']}", f"{expected['shape']} {expected['dtype']}"
+    if list(actual["shape"]) != list(expected.shape) or actual["dtype"] != expected.dtype:
+        got, want = f"{actual['shape']} {actual['dtype']}", f"{expected.shape} {expected.dtype}"
         msg = f"{entry.file}: input {got} does not match the manifest's {want}"
         raise BundleError(msg)
-    if abs(actual["scale"] - expected["scale"]) > 1e-9 or actual["zero_point"] != expected["zero_point"]:
+    if abs(actual["scale"] - expected.scale) > 1e-9 or actual["zero_point"] != expected.zero_point:
         raise BundleError(f"{entry.file}: input quantisation differs from the manifest")
+
+
+ParamsT = TypeVar("ParamsT", PatchCoreParams, AutoencoderParams, TypeHeadParams)
+
+
+def _params(entry: ModelEntry, kind: type[ParamsT]) -> ParamsT:
+    """The entry's parameters, which the manifest validated for its kind."""
+    if not isinstance(entry.params, kind):
+        raise BundleError(f"{entry.role}: {entry.kind} entry without {kind.__name__}")
+    return entry.params
 
 
 def backbone_patches(
@@ -85,12 +96,15 @@ class PatchCoreTFLite:
         self.entry = entry
         self.model = TFLiteModel(folder / entry.file, threads)
         _check_io(self.model, entry)
-        self.index = NearestNeighbourIndex(np.load(folder / entry.params["memory_bank"]), threads)
-        self.pool = int(entry.params.get("pool", 3))
-        self.sigma = float(entry.params.get("blur_sigma", 4.0))
-        self.top_fraction = entry.params.get("score_top_fraction")
+        params = _params(entry, PatchCoreParams)
+        self.index = NearestNeighbourIndex(np.load(folder / params.memory_bank), threads)
+        self.pool = params.pool
+        self.sigma = params.blur_sigma
+        self.top_fraction = params.score_top_fraction
         maps = [t.shape for t in self.model.outputs if len(t.shape) == 4]
-        self.patch_taps = int(entry.params.get("patch_taps", len(maps)))
+        self.patch_taps = params.patch_taps
+        if self.patch_taps > len(maps):
+            raise BundleError(f"{entry.file}: {self.patch_taps} patch taps asked, the graph has {len(maps)} maps")
         self.head_width = next((t.shape[-1] for t in self.model.outputs if len(t.shape) == 2), None)
         if len(maps) > self.patch_taps:
             self.head_width = sum(s[-1] for s in maps) + SHAPE_FEATURES
@@ -119,8 +133,9 @@ class AutoencoderTFLite:
         self.entry = entry
         self.model = TFLiteModel(folder / entry.file, threads)
         _check_io(self.model, entry)
-        self.ssim_weight = float(entry.params.get("ssim_weight", 0.5))
-        self.sigma = float(entry.params.get("blur_sigma", 2.0))
+        params = _params(entry, AutoencoderParams)
+        self.ssim_weight = params.ssim_weight
+        self.sigma = params.blur_sigma
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
         """Image score (max of the map) and the smoothed reconstruction-error map."""
@@ -144,9 +159,10 @@ class DefectClassifier:
         self.model: TFLiteModel | None = None
         self.type_head: TypeHead | None = None
         if entry.kind == "type_head":
-            self.type_head = TypeHead.load(folder / entry.params["head"])
+            head_file = _params(entry, TypeHeadParams).head
+            self.type_head = TypeHead.load(folder / head_file)
             if self.type_head.class_names != self.class_names:
-                raise BundleError(f"{entry.params['head']}: classes {self.type_head.class_names} != manifest's")
+                raise BundleError(f"{head_file}: classes {self.type_head.class_names} != manifest's")
         elif entry.shares_graph_of is None:
             self.model = TFLiteModel(folder / entry.file, threads)
             _check_io(self.model, entry)

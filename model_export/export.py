@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_agent.bundle import FORMAT_VERSION, MANIFEST, load_bundle, parse_entry, sha256_file
 from edge_agent.inspector import AutoencoderTFLite, DefectClassifier, PatchCoreTFLite, backbone_patches
+from edge_agent.manifest import manifest_json, parse_manifest
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import fit_calibration
@@ -374,4 +375,6 @@ def _write_manifest(
         "metrics": figures,
         "files": files,
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    typed = parse_manifest(manifest, f"bundle {staging} (being written)")  # the agent's own contract, on write
+    text = json.dumps(manifest_json(typed), indent=2, sort_keys=True)
+    (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")

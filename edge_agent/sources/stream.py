@@ -266,11 +266,11 @@ class StreamSource(Source):
                 ok, image = conn.cap.read()
                 if conn.cancelled.is_set():
                     break
-                if not ok or image is None:
+                if not ok:
                     conn.outcome = "ended" if conn.is_file else "failed"
                     break
                 conn.position += 1
-                if not self._accept(image):
+                if not self._accept(image) or image is None:  # None is garbage too (_accept counted it)
                     continue
                 conn.frames += 1
                 conn.last_progress = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle import FORMAT_VERSION, load_bundle
 from edge_agent.errors import BundleError
 from model_export.cli import main as export_main
 
@@ -62,11 +63,42 @@ def test_bundle_refuses_tampering(bottle_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="format version 99 is not supported"):
         load_bundle(copy)
+    manifest["format_version"] = 2  # the untyped format before this contract
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"format version 2 is not supported .* re-export it"):
+        load_bundle(copy)
     (copy / "scorer.tflite").unlink()
-    manifest["format_version"] = 1
+    manifest["format_version"] = FORMAT_VERSION
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"scorer\.tflite listed in the manifest is missing"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda m: m["models"]["scorer"]["params"].pop("pool"), r"models\.scorer: .*params\.pool: Field required"),
+        (lambda m: m["models"]["scorer"]["params"].update(blur_sigma="wide"), r"params\.blur_sigma: Input should be"),
+        (lambda m: m["models"]["scorer"]["params"].pop("patch_taps"), r"params\.patch_taps: Field required"),
+        (lambda m: m["models"]["scorer"]["calibration"].pop("threshold"), r"models\.scorer\.calibration: .*threshold"),
+        (lambda m: m["models"]["scorer"]["preprocess"].pop("scale"), r"models\.scorer\.preprocess: .*missing scale"),
+        (lambda m: m["models"]["scorer"].update(precision="int4"), r"models\.scorer\.precision"),
+        (lambda m: m["models"]["scorer"].update(colour="red"), r"models\.scorer\.colour: Extra inputs"),
+        (lambda m: m["data"].pop("train_images"), r"data\.train_images: Field required"),
+    ],
+    ids=["missing-pool", "mistyped-sigma", "missing-taps", "calibration", "preprocess", "precision", "extra", "data"],
+)
+def test_manifest_field_missing_or_mistyped_is_refused(bottle_bundle, tmp_path, change, key):
+    """No defaults at the reader: the bundle is refused, naming its path and the key."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bottle_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    assert f"bundle {copy}" in str(err.value)
+    assert re.search(key, str(err.value)), str(err.value)
 
 
 EDGE_PROBE = """
@@ -140,7 +172,7 @@ def test_classifier_shares_the_backbone_graph(
     from edge_agent.preprocess import normalise, prepare, read_image
 
     shared = json.loads((shared_bundle / "manifest.json").read_text())
-    assert shared["format_version"] == 2
+    assert shared["format_version"] == FORMAT_VERSION
     entry = shared["models"]["classifier"]
     assert entry["shares_graph_of"] == "scorer" and entry["file"] == "scorer.tflite"
     assert "classifier.tflite" not in shared["files"]
