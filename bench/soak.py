@@ -36,7 +36,7 @@ from bench.soak_parts import (
     verdict_count,
     write_video,
 )
-from edge_agent.delivery.s3 import safe_key_part
+from edge_agent.records import safe_name
 
 AGENT = "soak"
 BUCKET = "linewatch-soak"
@@ -158,9 +158,9 @@ def check(
     )
     if set(delivered) != anomalous:
         failures.append(f"alerts: {len(anomalous - set(delivered))} missing, {len(set(delivered) - anomalous)} extra")
-    want_keys = {f"{safe_key_part(r[1])}.json" for r in rows}
-    want_keys |= {f"{safe_key_part(r[1])}.heatmap{Path(r[3]).suffix}" for r in rows if r[2] and r[3]}
-    want_keys |= {f"{safe_key_part(r[1])}{Path(r[4]).suffix.lower()}" for r in rows if r[2] and r[4]}
+    want_keys = {f"{safe_name(r[1])}.json" for r in rows}
+    want_keys |= {f"{safe_name(r[1])}.heatmap{Path(r[3]).suffix}" for r in rows if r[2] and r[3]}
+    want_keys |= {f"{safe_name(r[1])}{Path(r[4]).suffix.lower()}" for r in rows if r[2] and r[4]}
     got_keys = [k.rsplit("/", 1)[1] for k in keys]
     lines.append(
         f"S3: {len(want_keys)} objects expected, {len(keys)} stored, "

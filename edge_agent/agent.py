@@ -65,7 +65,8 @@ class Agent:
             for c, bundle in zip(cfg.cameras, bundles, strict=True)
         ]
         self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
-        self.delivery = DeliveryWorker(self.store, self.mqtt, self.s3, cfg.delivery)
+        channels = [c for c in (self.mqtt, self.s3) if c is not None]
+        self.delivery = DeliveryWorker(self.store, channels, cfg.delivery)
         self.outputs = Outputs(
             name,
             self.mqtt.alert_topic if self.mqtt else None,

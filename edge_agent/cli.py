@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentConfig, FolderSourceConfig, load_agent_config
 from edge_agent.errors import LinewatchError
+from edge_agent.preprocess import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from edge_agent.records import VerdictRecord
 
 log = logging.getLogger("edge_agent")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -5,6 +5,26 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge_agent.scoring import Calibration
+
+#: Red is this multiple of the threshold; blue is the median normal score (``Calibration.center``).
+RED_AT_THRESHOLD_TIMES = 1.5
+
+
+def colour_range(calibration: Calibration) -> tuple[float, float]:
+    """(blue, red) score values of every heatmap: the agent's, the review page's and training's look alike."""
+    low = calibration.center
+    return low, max(calibration.threshold * RED_AT_THRESHOLD_TIMES, low + 1e-6)
+
+
+def calibrated_heatmap(
+    image_rgb: np.ndarray, anomaly_map: np.ndarray, calibration: Calibration, truth_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """BGR overlay on the calibrated colour scale, pixels above ``pixel_threshold`` outlined in white."""
+    low, high = colour_range(calibration)
+    predicted = anomaly_map >= calibration.pixel_threshold
+    return render_heatmap(image_rgb, anomaly_map, low, high, truth_mask, predicted)
+
 
 def render_heatmap(
     image_rgb: np.ndarray,

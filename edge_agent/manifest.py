@@ -137,10 +137,12 @@ class DataDescription(StrictModel):
     """The data the bundle's models were trained on."""
 
     name: str
+    layout: str
     train_images: int
     validation_images: int
     test_images: int
     defect_types: list[str]
+    skipped_files: int
 
 
 class Manifest(StrictModel):

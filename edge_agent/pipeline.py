@@ -6,11 +6,9 @@ delivered by the delivery worker.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -22,30 +20,11 @@ import cv2
 import numpy as np
 
 from edge_agent.config import CameraConfig
-from edge_agent.heatmap import render_heatmap
+from edge_agent.heatmap import calibrated_heatmap
 from edge_agent.inspector import InspectionResult, Inspector
-from edge_agent.records import Frame, OutboxMessage, VerdictRecord
+from edge_agent.records import UNSAFE_CHARS, Frame, OutboxMessage, VerdictRecord, safe_name
 
 log = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(frame_id: str) -> str:
-    """File-name-safe form of a frame id: ``[A-Za-z0-9._-]``, no leading '.' or '-', at most 189 characters.
-
-    An id that had to change gets a short hash of itself (before a short extension), so two ids never share a file.
-
-    Examples:
-        >>> safe_name("img_0001.png"), safe_name("day1/x.png"), safe_name("-rf")
-        ('img_0001.png', 'day1_x-700d61ba.png', 'rf-836830ee')
-    """
-    cleaned = _UNSAFE.sub("_", frame_id).strip("._-")[:180] or "frame"
-    if cleaned == frame_id:
-        return cleaned
-    digest = hashlib.sha1(frame_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
-    stem, dot, ext = cleaned.rpartition(".")
-    return f"{stem}-{digest}.{ext}" if dot and stem and len(ext) <= 5 else f"{cleaned}-{digest}"
 
 
 class FreeSpaceGuard:
@@ -207,11 +186,7 @@ class CameraPipeline:
         return self.data_dir / kind / frame.camera / frame.captured_at.strftime("%Y-%m-%d")
 
     def _save_heatmap(self, frame: Frame, image: np.ndarray, result: InspectionResult) -> str | None:
-        cal = self.inspector.calibration
-        predicted = result.anomaly_map >= cal.pixel_threshold
-        overlay = render_heatmap(
-            image, result.anomaly_map, cal.center, max(cal.threshold * 1.5, cal.center + 1e-6), predicted_mask=predicted
-        )
+        overlay = calibrated_heatmap(image, result.anomaly_map, self.inspector.calibration)
         fmt = self.camera.heatmap_format
         path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{fmt}"
         params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -230,7 +205,8 @@ class CameraPipeline:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if frame.image_path:
-                name, suffix = safe_name(frame.frame_id), _UNSAFE.sub("_", Path(frame.image_path).suffix.lower())[:8]
+                name = safe_name(frame.frame_id)
+                suffix = UNSAFE_CHARS.sub("_", Path(frame.image_path).suffix.lower())[:8]
                 target = folder / (name if name.lower().endswith(suffix) else f"{name}{suffix}")
                 shutil.copyfile(frame.image_path, target)
             else:

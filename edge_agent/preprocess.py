@@ -21,6 +21,8 @@ import numpy as np
 
 from edge_agent.errors import ImageDecodeError
 
+#: File name suffixes read as images (lower case), by the agent, training and the review page alike.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 ColorMode = Literal["rgb", "gray"]
 ResizePolicy = Literal["stretch", "center_crop", "letterbox"]
 

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 Channel = Literal["mqtt", "s3"]
+
+#: Characters never written into a file name or an S3 key.
+UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(frame_id: str) -> str:
+    """File-name- and S3-key-safe form of a frame id: ``[A-Za-z0-9._-]``, no leading '.' or '-', at most 189 characters.
+
+    An id that had to change gets a short hash of itself (before a short extension), so two ids never share a file.
+
+    Examples:
+        >>> safe_name("img_0001.png"), safe_name("day1/x.png"), safe_name("-rf")
+        ('img_0001.png', 'day1_x-700d61ba.png', 'rf-836830ee')
+    """
+    cleaned = UNSAFE_CHARS.sub("_", frame_id).strip("._-")[:180] or "frame"
+    if cleaned == frame_id:
+        return cleaned
+    digest = hashlib.sha1(frame_id.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()[:8]
+    stem, dot, ext = cleaned.rpartition(".")
+    return f"{stem}-{digest}.{ext}" if dot and stem and len(ext) <= 5 else f"{cleaned}-{digest}"
 
 
 @dataclass(frozen=True)

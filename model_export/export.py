@@ -27,7 +27,7 @@ from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import fit_calibration
 from model_export.convert import Precision, convert
 from training import metrics
-from training.artifacts import code_version, read_json
+from training.artifacts import code_version, data_description, read_json
 from training.config import TrainConfig
 from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
 from training.synthetic import synthetic_recall
@@ -364,13 +364,7 @@ def _write_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
         "precision": precision,
-        "data": {
-            "name": splits.name,
-            "train_images": len(splits.train),
-            "validation_images": len(splits.validation),
-            "test_images": len(splits.test),
-            "defect_types": splits.defect_types,
-        },
+        "data": data_description(splits),
         "models": models,
         "metrics": figures,
         "files": files,

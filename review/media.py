@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_agent.bundle import Bundle
 from edge_agent.errors import ImageDecodeError
-from edge_agent.heatmap import render_heatmap
+from edge_agent.heatmap import calibrated_heatmap
 from edge_agent.inspector import InspectionResult, Inspector
 from edge_agent.preprocess import decode_image, read_image
 
@@ -73,10 +73,7 @@ def inspect_bytes(inspector: Inspector, data: bytes, name: str = "<upload>") -> 
 def inspect_image(inspector: Inspector, image: np.ndarray) -> LiveInspection:
     """Score an RGB uint8 image; classify it even when normal, so the type probabilities can be shown."""
     result = inspector.inspect(image, classify_all=True)
-    cal = inspector.calibration
-    predicted = result.anomaly_map >= cal.pixel_threshold
-    high = max(cal.threshold * 1.5, cal.center + 1e-6)  # the agent's colour scale (edge_agent.pipeline)
-    overlay_bgr = render_heatmap(image, result.anomaly_map, cal.center, high, predicted_mask=predicted)
+    overlay_bgr = calibrated_heatmap(image, result.anomaly_map, inspector.calibration)
     probabilities: dict[str, float] = {}
     if inspector.classifier is not None and result.type_probabilities is not None:
         names = inspector.classifier.class_names

@@ -3,7 +3,6 @@ bottle run + int8 bundle built once per session (integration and review tests sh
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,10 @@ FIXTURE_IMAGES = REPO / "tests" / "fixtures" / "images"
 
 
 def datasets_path() -> Path:
-    """Data sets folder: $LINEWATCH_DATASETS or ../shared/datasets beside the repo."""
-    return Path(os.environ.get("LINEWATCH_DATASETS", REPO.parent / "shared" / "datasets"))
+    """Data sets folder: $LINEWATCH_DATASETS or ../shared/datasets beside the repo (``training.config``'s rule)."""
+    from training.config import datasets_root  # pydantic and YAML only, not the training stack
+
+    return datasets_root()
 
 
 @pytest.fixture(scope="session")

@@ -8,26 +8,17 @@ SHA-256 of every file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from edge_agent.bundle import sha256_file
 from edge_agent.preprocess import PreprocessSpec
 from training.data import DatasetSplits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def code_version() -> str:

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.errors import ImageDecodeError
-from edge_agent.preprocess import PreprocessSpec, load_prepared, read_image, resize_mask
+from edge_agent.preprocess import IMAGE_SUFFIXES, PreprocessSpec, load_prepared, read_image, resize_mask
 from training.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 NORMAL = "good"
 
 

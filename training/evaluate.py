@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.heatmap import render_heatmap
+from edge_agent.heatmap import calibrated_heatmap
 from edge_agent.scoring import Calibration
 from training import metrics
 from training.data import Sample
@@ -78,13 +78,10 @@ def save_heatmaps(
     normals = [i for i, s in enumerate(samples) if s.label == 0]
     n_defect = min(len(defects), max(1, count * 3 // 4)) if count else 0
     chosen = list(rng.permutation(defects)[:n_defect]) + list(rng.permutation(normals)[: count - n_defect])
-    low = calibration.center
-    high = max(calibration.threshold * 1.5, low + 1e-6)
     written = []
     for i in chosen:
         truth = masks[i] if masks is not None else None
-        predicted = maps[i] >= calibration.pixel_threshold
-        overlay = render_heatmap(images[i], maps[i], low, high, truth, predicted)
+        overlay = calibrated_heatmap(images[i], maps[i], calibration, truth)
         sample = samples[i]
         path = folder / f"{sample.defect_type}_{sample.path.stem}.png"
         cv2.imwrite(str(path), overlay)

@@ -17,8 +17,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MQTTConfig, TLSConfig
+from edge_agent.delivery import DELIVERED, Delivery, dead, retry
 from edge_agent.errors import ConfigError
 from edge_agent.secrets import read_secret, redact
+from edge_agent.store import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class MQTTPublisher:
 
     Connecting starts in the constructor (``autostart``) and works in the background while the broker is down.
     """
+
+    name = "mqtt"
 
     def __init__(
         self,
@@ -48,7 +52,6 @@ class MQTTPublisher:
         self._lock = threading.Lock()
         self._camera_status: dict[str, str] = {}
         self._started = False
-        self.last_error: str | None = None  # reason of the latest failed alert
         self._username = read_secret(cfg.username_env, None)
         self._password = read_secret(cfg.password_env, cfg.password_credential)
         self.client_id = cfg.client_id or f"linewatch-{agent_name}"
@@ -117,15 +120,21 @@ class MQTTPublisher:
         if self.connected:
             self._client.publish(self.status_topic(camera), state, qos=1, retain=True)
 
-    def publish_alert(self, topic: str, payload: str, qos: int | None = None) -> bool:
-        """Publish one alert; True only when the broker acknowledged it (PUBACK/PUBCOMP) within the timeout.
+    def deliver(self, item: OutboxItem) -> Delivery:
+        """Publish one outbox row (an alert); see :meth:`publish_alert`."""
+        if item.topic is None or item.payload is None:
+            log.error("mqtt row %d has no topic or payload", item.id)
+            return dead("no topic or payload")
+        return self.publish_alert(item.topic, item.payload)
 
-        Returns False at once when disconnected: nothing is queued inside paho, the outbox retries.
+    def publish_alert(self, topic: str, payload: str, qos: int | None = None) -> Delivery:
+        """Publish one alert; delivered only when the broker acknowledged it (PUBACK/PUBCOMP) within the timeout.
+
+        Returns at once when disconnected: nothing is queued inside paho, the outbox retries.
         """
         qos = self.cfg.qos if qos is None else qos
         if not self.connected:
-            self.last_error = "not connected"
-            return False
+            return retry("not connected")
         info = self._client.publish(topic, payload, qos=qos, retain=False)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return self._fail(topic, f"publish refused: {mqtt.error_string(info.rc)}")
@@ -133,20 +142,17 @@ class MQTTPublisher:
         try:
             while qos > 0 and not info.is_published():
                 if not self.connected:
-                    self.last_error = "connection lost before the broker acknowledged"
-                    return False
+                    return retry("connection lost before the broker acknowledged")
                 if time.monotonic() >= deadline:
                     return self._fail(topic, f"no acknowledgement within {self.publish_timeout:.1f} s")
                 info.wait_for_publish(0.05)
         except (RuntimeError, ValueError) as err:
             return self._fail(topic, self._redact(str(err)))
-        self.last_error = None
-        return True
+        return DELIVERED
 
-    def _fail(self, topic: str, reason: str) -> bool:
-        self.last_error = reason
+    def _fail(self, topic: str, reason: str) -> Delivery:
         log.warning("MQTT publish to %s failed: %s", topic, reason)
-        return False
+        return retry(reason)
 
     def publish_stats(self, payload: dict[str, Any]) -> bool:
         """Publish a stats snapshot (QoS 0, not retained); False when disconnected."""

@@ -5,9 +5,7 @@ Timeouts are short and botocore's own retries few: the outbox does the retrying,
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,29 +15,12 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_agent.config import S3Config, S3Connection
-from edge_agent.delivery import DeliveryResult
+from edge_agent.delivery import DELIVERED, Delivery, DeliveryResult
+from edge_agent.records import safe_name
 from edge_agent.secrets import read_secret, redact
 from edge_agent.store import OutboxItem
 
 log = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_key_part(frame_id: str) -> str:
-    """``frame_id`` reduced to ``[A-Za-z0-9._-]``; a short hash keeps two ids that sanitise alike apart.
-
-    Examples:
-        >>> safe_key_part("img_0001.png")
-        'img_0001.png'
-        >>> safe_key_part("a/b c")
-        'a_b_c-9f597a63'
-    """
-    cleaned = _UNSAFE.sub("_", frame_id).lstrip(".")[:180] or "frame"
-    if cleaned == frame_id:
-        return cleaned
-    return f"{cleaned}-{hashlib.sha1(frame_id.encode(), usedforsecurity=False).hexdigest()[:8]}"
-
 
 WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
@@ -78,6 +59,8 @@ def s3_client(cfg: S3Connection, connect_timeout: float = 3.0, read_timeout: flo
 class S3Mirror:
     """Uploads outbox rows (JSON payloads or local files) under ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/``."""
 
+    name = "s3"
+
     def __init__(
         self, cfg: S3Config, agent_name: str, connect_timeout: float = 3.0, read_timeout: float = 10.0
     ) -> None:
@@ -85,12 +68,11 @@ class S3Mirror:
         self.agent = agent_name
         self.client, self._secrets = s3_client(cfg, connect_timeout, read_timeout)
         self._bucket_ready = False  # checked (and created if missing) before the first upload
-        self.last_error: str | None = None  # reason of the latest failed upload (secrets redacted)
 
     def key_for(self, camera: str, captured_at: datetime, frame_id: str, suffix: str) -> str:
         """Object key ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame_id><suffix>`` (UTC date)."""
         day = captured_at.astimezone(UTC) if captured_at.tzinfo else captured_at
-        return f"{self.cfg.prefix}{self.agent}/{camera}/{day:%Y/%m/%d}/{safe_key_part(frame_id)}{suffix}"
+        return f"{self.cfg.prefix}{self.agent}/{camera}/{day:%Y/%m/%d}/{safe_name(frame_id)}{suffix}"
 
     def ensure_bucket(self) -> bool:
         """Create the bucket when it does not exist; False (logged) when S3 cannot be reached or refuses."""
@@ -122,7 +104,11 @@ class S3Mirror:
         log.info("S3 bucket %s created", self.cfg.bucket)
         return True
 
-    def upload(self, item: OutboxItem) -> DeliveryResult:
+    def deliver(self, item: OutboxItem) -> Delivery:
+        """Upload one outbox row; see :meth:`upload`."""
+        return self.upload(item)
+
+    def upload(self, item: OutboxItem) -> Delivery:
         """Put one row's payload or file; truthy only when stored. A missing local file gives ``DEAD``.
 
         The bucket is checked (and created when missing) before the first upload and after ``NoSuchBucket``.
@@ -145,12 +131,10 @@ class S3Mirror:
             return self._fail(item, DeliveryResult.RETRY, self._redact(err))
         except BotoCoreError as err:
             return self._fail(item, DeliveryResult.RETRY, self._redact(err))
-        self.last_error = None
         log.debug("S3 uploaded %s (%d bytes)", item.key, len(body))
-        return DeliveryResult.DELIVERED
+        return DELIVERED
 
-    def _fail(self, item: OutboxItem, result: DeliveryResult, reason: str) -> DeliveryResult:
-        self.last_error = reason
+    def _fail(self, item: OutboxItem, result: DeliveryResult, reason: str) -> Delivery:
         dead = result is DeliveryResult.DEAD
         log.log(
             logging.ERROR if dead else logging.WARNING,
@@ -159,7 +143,7 @@ class S3Mirror:
             "abandoned" if dead else "failed",
             reason,
         )
-        return result
+        return Delivery(result, reason)
 
     @staticmethod
     def _body(item: OutboxItem) -> bytes:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from edge_agent.backoff import backoff_delay
 from edge_agent.config import DeliveryConfig
-from edge_agent.delivery import DeliveryResult
-from edge_agent.delivery.mqtt import MQTTPublisher
-from edge_agent.delivery.s3 import S3Mirror
+from edge_agent.delivery import Channel, Delivery, DeliveryResult, retry
 from edge_agent.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -23,23 +23,13 @@ log = logging.getLogger(__name__)
 class DeliveryWorker:
     """Delivers outbox rows to MQTT and S3 on background threads; ``start()``, ``wake()``, ``stop()``."""
 
-    def __init__(
-        self,
-        store: Store,
-        mqtt: MQTTPublisher | None,
-        s3: S3Mirror | None,
-        cfg: DeliveryConfig,
-        interval: float = 1.0,
-    ) -> None:
-        self.store, self.mqtt, self.s3, self.cfg = store, mqtt, s3, cfg
+    def __init__(self, store: Store, channels: Sequence[Channel], cfg: DeliveryConfig, interval: float = 1.0) -> None:
+        self.store, self.cfg = store, cfg
+        self._channels = {channel.name: channel for channel in channels}
         self.interval = interval
         self._stop = threading.Event()
         self._flush_deadline = 0.0
-        self._wakes: dict[str, threading.Event] = {}
-        if mqtt is not None:
-            self._wakes["mqtt"] = threading.Event()
-        if s3 is not None:
-            self._wakes["s3"] = threading.Event()
+        self._wakes = {name: threading.Event() for name in self._channels}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._counters = {ch: {"delivered": 0, "failed": 0, "dead": 0} for ch in self._wakes}
@@ -103,7 +93,7 @@ class DeliveryWorker:
             for item in items:
                 if self._should_stop(flushing):
                     return
-                if not self._handle(item, *self._deliver(item)):
+                if not self._handle(item, self._deliver(item)):
                     return
             if len(items) < self.cfg.batch_size:
                 return
@@ -113,8 +103,9 @@ class DeliveryWorker:
             return time.monotonic() >= self._flush_deadline
         return self._stop.is_set()
 
-    def _handle(self, item: OutboxItem, result: DeliveryResult, reason: str) -> bool:
+    def _handle(self, item: OutboxItem, outcome: Delivery) -> bool:
         """Record the outcome; False when the batch must stop (a retry keeps the channel's order)."""
+        result, reason = outcome.result, outcome.reason
         if result is DeliveryResult.DELIVERED:
             self.store.mark_delivered(item.id)
             self._count(item.channel, "delivered")
@@ -123,7 +114,7 @@ class DeliveryWorker:
             self.store.mark_dead(item.id, reason)
             self._count(item.channel, "dead")
             return True
-        delay = min(self.cfg.retry_max_seconds, self.cfg.retry_min_seconds * 2 ** min(item.attempts, 30))
+        delay = backoff_delay(item.attempts, self.cfg.retry_min_seconds, self.cfg.retry_max_seconds)
         self.store.mark_failed(item.id, reason, datetime.now(UTC) + timedelta(seconds=delay))
         self._count(item.channel, "failed")
         log.info(
@@ -136,18 +127,12 @@ class DeliveryWorker:
         )
         return False
 
-    def _deliver(self, item: OutboxItem) -> tuple[DeliveryResult, str]:
-        """Hand one row to its channel; the outcome and, on failure, the reason."""
-        if item.channel == "mqtt" and self.mqtt is not None:
-            if item.topic is None or item.payload is None:
-                log.error("mqtt row %d has no topic or payload", item.id)
-                return DeliveryResult.DEAD, "no topic or payload"
-            ok = self.mqtt.publish_alert(item.topic, item.payload)
-            return (DeliveryResult.DELIVERED, "") if ok else (DeliveryResult.RETRY, self.mqtt.last_error or "")
-        if item.channel == "s3" and self.s3 is not None:
-            result = self.s3.upload(item)
-            return result, "" if result else (self.s3.last_error or "")
-        return DeliveryResult.RETRY, f"channel {item.channel} is not enabled"
+    def _deliver(self, item: OutboxItem) -> Delivery:
+        """Hand one row to its channel."""
+        channel = self._channels.get(item.channel)
+        if channel is None:
+            return retry(f"channel {item.channel} is not enabled")
+        return channel.deliver(item)
 
     def _count(self, channel: str, what: str) -> None:
         with self._lock:

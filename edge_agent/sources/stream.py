@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
+from edge_agent.backoff import backoff_delays
 from edge_agent.config import StreamSourceConfig
 from edge_agent.preprocess import to_rgb_uint8
 from edge_agent.records import Frame
@@ -40,20 +41,6 @@ class Capture(Protocol):
     def read(self) -> tuple[bool, np.ndarray | None]: ...  # noqa: D102
 
     def release(self) -> None: ...  # noqa: D102
-
-
-def backoff_delays(
-    low: float, high: float, jitter: float = 0.25, rand: Callable[[], float] = random.random
-) -> Iterator[float]:
-    """Endless reconnect delays: low, 2*low, 4*low... capped at high, each shortened by up to ``jitter``.
-
-    >>> [round(d, 1) for d in itertools.islice(backoff_delays(1, 5, rand=lambda: 0.0), 5)]
-    [1.0, 2.0, 4.0, 5.0, 5.0]
-    """
-    base = min(low, high)
-    while True:
-        yield base * (1.0 - jitter * rand())
-        base = min(high, base * 2.0)
 
 
 def open_capture(source: str | int, timeout_s: float = 10.0) -> cv2.VideoCapture:

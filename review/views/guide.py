@@ -7,11 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from edge_agent.preprocess import IMAGE_SUFFIXES
 from review.export import resolve
 from review.media import load_rgb
 from review.views.common import Context
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PER_TYPE = 4
 
 HOW_TO = """

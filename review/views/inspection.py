@@ -9,12 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from edge_agent.errors import BundleError, ImageDecodeError
+from edge_agent.preprocess import IMAGE_SUFFIXES
 from review import models_info as mi
 from review.db import QueueFilter
 from review.export import resolve
 from review.media import LiveInspection, draw_outline, inspect_bytes
 from review.views.common import Context, inspector_for
-from review.views.guide import IMAGE_SUFFIXES
 
 UPLOAD = "upload an image"
 PICK = "pick one"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_alerts_status_stats_and_stopped(mosquitto, store):
     pub = MQTTPublisher(mqtt_cfg(mosquitto), agent, autostart=False)
     assert not pub.connected
     pub.start()
-    worker = DeliveryWorker(store, pub, None, DeliveryConfig(retry_min_seconds=0.2, retry_max_seconds=1.0))
+    worker = DeliveryWorker(store, [pub], DeliveryConfig(retry_min_seconds=0.2, retry_max_seconds=1.0))
     worker.start()
     try:
         assert pub.wait_connected(5)
@@ -193,7 +194,7 @@ def test_unreachable_broker_fails_fast_and_is_not_connected(store):
     try:
         assert not pub.wait_connected(0.5)
         started = time.monotonic()
-        assert pub.publish_alert(pub.alert_topic("cam1"), "{}") is False
+        assert not pub.publish_alert(pub.alert_topic("cam1"), "{}")
         assert time.monotonic() - started < 0.1
         assert pub.publish_stats({"x": 1}) is False
     finally:
@@ -238,7 +239,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, store):
     pub = MQTTPublisher(mqtt_cfg(mosquitto), agent, publish_timeout=2.0, reconnect_min_delay=0.2, reconnect_max_delay=1)
     topic = pub.alert_topic("cam1")
     receivers = [Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")]
-    worker = DeliveryWorker(store, pub, None, cfg, interval=0.2)
+    worker = DeliveryWorker(store, [pub], cfg, interval=0.2)
     assert pub.wait_connected(5)
     pub.set_camera_status("cam1", "running")
     worker.start()
@@ -330,10 +331,11 @@ def test_s3_objects_under_dated_keys(moto_s3, store, tmp_path, monkeypatch, capl
     caplog.set_level(logging.DEBUG, logger="edge_agent")
     access, secret = s3_env(monkeypatch)
     mirror = S3Mirror(s3_cfg(moto_s3, "lw-keys"), "line1")  # the bucket is created before the first upload
-    assert mirror.key_for("cam1", CAPTURED, "a/b.png", ".json").startswith("mirror/line1/cam1/2025/06/07/a_b.png-")
+    key = mirror.key_for("cam1", CAPTURED, "a/b.png", ".json")  # the frame id made safe as for local file names
+    assert re.fullmatch(r"mirror/line1/cam1/2025/06/07/a_b-[0-9a-f]{8}\.png\.json", key), key
     image = tmp_path / "img.png"
     image.write_bytes(b"\x89PNG fake image bytes")
-    worker = DeliveryWorker(store, None, mirror, DeliveryConfig(retry_min_seconds=0.2, retry_max_seconds=1.0))
+    worker = DeliveryWorker(store, [mirror], DeliveryConfig(retry_min_seconds=0.2, retry_max_seconds=1.0))
     worker.start()
     try:
         v1, v2, v3 = (make_verdict(f"part-{i}") for i in range(3))
@@ -363,13 +365,13 @@ def test_s3_outage_queues_and_delivers_after_return(moto_s3, store, monkeypatch,
     access, secret = s3_env(monkeypatch)
     mirror = S3Mirror(s3_cfg(moto_s3, "lw-outage"), "line1", connect_timeout=1.0, read_timeout=3.0)
     assert mirror.ensure_bucket()
-    worker = DeliveryWorker(store, None, mirror, DeliveryConfig(retry_min_seconds=0.3, retry_max_seconds=1.0), 0.2)
+    worker = DeliveryWorker(store, [mirror], DeliveryConfig(retry_min_seconds=0.3, retry_max_seconds=1.0), 0.2)
     worker.start()
     verdicts = [make_verdict(f"out-{i}") for i in range(6)]
     try:
         moto_s3.stop()
         item = OutboxItem(0, 0, "s3", "mirror/x.json", None, "{}", None, "application/json", 0, CAPTURED, CAPTURED)
-        assert mirror.upload(item) is DeliveryResult.RETRY and not mirror.upload(item)
+        assert mirror.upload(item).result is DeliveryResult.RETRY and not mirror.upload(item)
         for v in verdicts:
             store.record(v, s3_messages(mirror, v))
             worker.wake()

@@ -33,7 +33,8 @@ def test_sync_copies_the_mirror_once_and_feedback_works_on_the_copy(tmp_path, mo
     for verdict in (alarm, record("cam1", "in/ok.png", now - timedelta(seconds=5), 6.0)):
         agent.record(verdict, outputs.messages(verdict))
     for item in agent.pending("s3", 100):  # what the agent's delivery worker does
-        assert mirror.upload(item), mirror.last_error
+        outcome = mirror.upload(item)
+        assert outcome, outcome.reason
     agent.close()
 
     source = S3Source(

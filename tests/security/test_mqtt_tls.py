@@ -110,7 +110,7 @@ def test_anonymous_client_is_refused(mosquitto_tls, monkeypatch, caplog):
     try:
         wait_until(lambda: "refused" in caplog.text, 10, "the broker to refuse an anonymous client")
         assert not pub.connected
-        assert pub.publish_alert(pub.alert_topic("cam1"), "{}") is False
+        assert not pub.publish_alert(pub.alert_topic("cam1"), "{}")
     finally:
         pub.close()
     assert "Not authorized" in caplog.text
@@ -125,8 +125,9 @@ def test_wrong_password_is_refused_and_never_logged(mosquitto_tls, agent_env, mo
     try:
         wait_until(lambda: "refused" in caplog.text, 10, "the broker to refuse the wrong password")
         assert not pub.connected
-        assert pub.publish_alert(pub.alert_topic("cam1"), "{}") is False
-        reason = pub.last_error
+        outcome = pub.publish_alert(pub.alert_topic("cam1"), "{}")
+        assert not outcome
+        reason = outcome.reason
     finally:
         pub.close()
     broker_log = mosquitto_tls.log_text()
@@ -145,7 +146,7 @@ def test_wrong_ca_fails_certificate_verification(mosquitto_tls, agent_env, monke
     pub = MQTTPublisher(cfg, "wrong-ca")
     try:
         assert not pub.wait_connected(3.0), "connected although the CA does not match"
-        assert pub.publish_alert(pub.alert_topic("cam1"), "{}") is False
+        assert not pub.publish_alert(pub.alert_topic("cam1"), "{}")
     finally:
         pub.close()
     # the same CA file, in a plain TLS handshake: it is the certificate check that fails

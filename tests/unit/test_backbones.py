@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -27,13 +26,6 @@ from training.backbones.efficientnet_lite import (
 from training.backbones.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "efficientnet_lite0_golden.json"
-
-
-def _datasets_root() -> Path:
-    root = Path(os.environ.get("LINEWATCH_DATASETS", Path(__file__).parents[2].parent / "shared" / "datasets"))
-    if not root.is_dir():
-        pytest.fail(f"data sets not found at {root}: put ../shared beside the repo or set LINEWATCH_DATASETS")
-    return root
 
 
 # ---------------------------------------------------------------- a tiny legacy torch.save writer (no torch)
@@ -160,8 +152,8 @@ def golden() -> dict:
 
 
 @pytest.fixture(scope="module")
-def golden_input(golden) -> np.ndarray:
-    path = _datasets_root() / golden["image"]
+def golden_input(golden, datasets_root) -> np.ndarray:
+    path = datasets_root / golden["image"]
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert bgr is not None, f"cannot read {path}"
     size = golden["input_size"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
@@ -34,17 +33,9 @@ AUGMENT = AugmentConfig(hflip=True, vflip=True, rotate_deg=180)
 TINY = ClassifierConfig(size=64, epochs=2, batch_size=8, folds=2, patience=2, augment=AUGMENT)
 
 
-def _datasets_root() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-    root = Path(os.environ.get("LINEWATCH_DATASETS", default))
-    if not (root / "mvtec_ad" / "bottle" / "test").is_dir():
-        pytest.fail(f"data sets not found at {root}: put ../shared beside the repo or set LINEWATCH_DATASETS")
-    return root
-
-
 @pytest.fixture(scope="module")
-def bottle() -> DatasetSplits:
-    root = _datasets_root() / "mvtec_ad" / "bottle"
+def bottle(datasets_root) -> DatasetSplits:
+    root = datasets_root / "mvtec_ad" / "bottle"
     return load_dataset(DatasetConfig(name="bottle", layout="mvtec", root=str(root)))
 
 
