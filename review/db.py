@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ import pandas as pd
 from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
 from sqlalchemy.orm import aliased, sessionmaker
 
+from edge_agent.records import VerdictRecord
 from edge_agent.store import Feedback, Store, Verdict
 from review.auth import User
 
@@ -46,27 +48,10 @@ class QueueFilter:
 
 
 @dataclass(frozen=True)
-class ReviewRow:
-    """A verdict with its latest feedback (the feedback fields are None when nobody reviewed it)."""
+class ReviewRow(VerdictRecord):
+    """A verdict (the agent's record and its row id) with its latest feedback (None when nobody reviewed it)."""
 
     id: int
-    camera: str
-    source: str
-    frame_id: str
-    captured_at: datetime
-    processed_at: datetime
-    model_name: str
-    model_version: str
-    model_hash: str
-    score: float
-    normalised_score: float
-    threshold: float
-    anomalous: bool
-    defect_type: str | None
-    type_confidence: float | None
-    heatmap_path: str | None
-    image_path: str | None
-    latency_ms: float
     label: str | None = None
     confirmed_type: str | None = None
     reviewer: str | None = None
@@ -129,22 +114,8 @@ class ReviewStore:
         with self._read() as session:
             return list(session.scalars(stmt))
 
-    def _latest(self) -> tuple[Any, Any]:
-        """Sub-query of the newest feedback id per verdict, and an alias of Feedback to join it to."""
-        newest = (
-            select(Feedback.verdict_id.label("verdict_id"), func.max(Feedback.id).label("feedback_id"))
-            .group_by(Feedback.verdict_id)
-            .subquery("newest")
-        )
-        return newest, aliased(Feedback, name="latest")
-
     def _rows_stmt(self, flt: QueueFilter) -> Select[Any]:
-        newest, latest = self._latest()
-        stmt = (
-            select(Verdict, latest)
-            .outerjoin(newest, newest.c.verdict_id == Verdict.id)
-            .outerjoin(latest, latest.id == newest.c.feedback_id)
-        )
+        stmt, latest = with_latest_feedback(lambda latest: select(Verdict, latest))
         conditions: list[ColumnElement[bool]] = [
             Verdict.normalised_score >= flt.score_min,
             Verdict.normalised_score <= flt.score_max,
@@ -181,13 +152,8 @@ class ReviewStore:
 
     def verdict(self, verdict_id: int) -> ReviewRow | None:
         """One verdict with its latest feedback."""
-        newest, latest = self._latest()
-        stmt = (
-            select(Verdict, latest)
-            .outerjoin(newest, newest.c.verdict_id == Verdict.id)
-            .outerjoin(latest, latest.id == newest.c.feedback_id)
-            .where(Verdict.id == verdict_id)
-        )
+        stmt, _ = with_latest_feedback(lambda latest: select(Verdict, latest))
+        stmt = stmt.where(Verdict.id == verdict_id)
         with self._read() as session:
             found = session.execute(stmt).first()
         return None if found is None else _row(found[0], found[1])
@@ -200,20 +166,13 @@ class ReviewStore:
 
     def reviewed(self, labels: tuple[str, ...] = LABELS) -> list[ReviewRow]:
         """Verdicts whose latest feedback has one of ``labels``, oldest review first (exports, examples)."""
-        newest, latest = self._latest()
-        stmt = (
-            select(Verdict, latest)
-            .join(newest, newest.c.verdict_id == Verdict.id)
-            .join(latest, latest.id == newest.c.feedback_id)
-            .where(latest.label.in_(labels))
-            .order_by(latest.id)
-        )
+        stmt, latest = with_latest_feedback(lambda latest: select(Verdict, latest), reviewed_only=True)
+        stmt = stmt.where(latest.label.in_(labels)).order_by(latest.id)
         with self._read() as session:
             return [_row(v, fb) for v, fb in session.execute(stmt)]
 
     def frame(self, since: datetime | None = None, cameras: tuple[str, ...] = (), limit: int = 200_000) -> pd.DataFrame:
         """Verdicts as a DataFrame (newest ``limit``), with the latest feedback label per verdict, for statistics."""
-        newest, latest = self._latest()
         cols = [
             Verdict.id,
             Verdict.camera,
@@ -227,13 +186,9 @@ class ReviewStore:
             Verdict.threshold,
             Verdict.anomalous,
             Verdict.defect_type,
-            latest.label.label("label"),
-            latest.defect_type.label("confirmed_type"),
         ]
-        stmt = (
-            select(*cols)
-            .outerjoin(newest, newest.c.verdict_id == Verdict.id)
-            .outerjoin(latest, latest.id == newest.c.feedback_id)
+        stmt, _ = with_latest_feedback(
+            lambda latest: select(*cols, latest.label.label("label"), latest.defect_type.label("confirmed_type"))
         )
         if since is not None:
             stmt = stmt.where(Verdict.processed_at >= since)
@@ -274,6 +229,26 @@ class ReviewStore:
             entry = _entry(row)
         log.info("feedback %d on verdict %d by %s: %s %s", entry.id, verdict_id, user.name, label, defect_type or "")
         return entry
+
+
+def with_latest_feedback(columns: Callable[[Any], Select[Any]], reviewed_only: bool = False) -> tuple[Select[Any], Any]:
+    """``columns(latest)`` joined to each verdict's newest feedback row (``latest``, an alias of Feedback).
+
+    An outer join (unreviewed verdicts have ``latest`` None) unless ``reviewed_only``; returns (statement, latest).
+    """
+    newest = (
+        select(Feedback.verdict_id.label("verdict_id"), func.max(Feedback.id).label("feedback_id"))
+        .group_by(Feedback.verdict_id)
+        .subquery("newest")
+    )
+    latest = aliased(Feedback, name="latest")
+    stmt = columns(latest)
+    if reviewed_only:
+        stmt = stmt.join(newest, newest.c.verdict_id == Verdict.id).join(latest, latest.id == newest.c.feedback_id)
+    else:
+        stmt = stmt.outerjoin(newest, newest.c.verdict_id == Verdict.id)
+        stmt = stmt.outerjoin(latest, latest.id == newest.c.feedback_id)
+    return stmt, latest
 
 
 def _entry(fb: Feedback) -> FeedbackEntry:

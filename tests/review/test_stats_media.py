@@ -127,7 +127,7 @@ def test_bundles_are_found_verified_and_matched_to_runs(tmp_path):
     good.mkdir(parents=True)
     (good / "memory_bank.npy").write_bytes(b"bank")
     manifest = {
-        "format_version": 1,
+        "format_version": 3,
         "name": "bottle-patchcore-int8",
         "version": "v2",
         "created": "2026-02-01T00:00:00Z",
