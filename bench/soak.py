@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -27,9 +27,9 @@ import yaml
 from bench.services import moto_server
 from bench.soak_parts import (
     AgentProcess,
-    AlertReceiver,
     Broker,
     SwitchableLink,
+    alert_receiver,
     corrupt_copy,
     drop_file,
     image_pool,
@@ -37,6 +37,7 @@ from bench.soak_parts import (
     write_video,
 )
 from edge_agent.records import safe_name
+from tests.harness import Subscriber, wait_until
 
 AGENT = "soak"
 BUCKET = "linewatch-soak"
@@ -104,15 +105,6 @@ class Feeder(threading.Thread):
         self.done.set()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; raise with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
 def queues_empty(db: Path) -> bool:
     """True when no outbox row waits for delivery."""
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
@@ -129,7 +121,7 @@ def s3_keys(endpoint: str) -> list[str]:
 
 
 def check(
-    work: Path, expected: dict[str, set[str]], broken: set[str], receiver: AlertReceiver, keys: list[str]
+    work: Path, expected: dict[str, set[str]], broken: set[str], receiver: Subscriber, keys: list[str]
 ) -> tuple[list[str], list[str]]:
     """Compare what the agent stored and delivered with what was fed; returns (lines, failures)."""
     lines: list[str] = []
@@ -151,7 +143,7 @@ def check(
         if missing or extra or dupes:
             failures.append(f"{camera}: verdicts do not match the frames fed")
     anomalous = {f"{AGENT}:{r[0]}:{r[1]}" for r in rows if r[2]}
-    delivered = receiver.deliveries
+    delivered = Counter(receiver.message_ids())
     lines.append(
         f"alerts: {len(anomalous)} anomalous verdicts, {len(delivered)} distinct alerts received, "
         f"{sum(delivered.values())} deliveries ({sum(n - 1 for n in delivered.values())} redelivered duplicates)"
@@ -187,7 +179,7 @@ def soak(args: argparse.Namespace, work: Path) -> list[str]:
     video = write_video(work / "line.avi", args.datasets, stream_frames) if stream_frames else None
     broker = Broker(work / "broker")
     broker.start()
-    receiver = AlertReceiver(broker.port, f"lw/{AGENT}/cameras/+/alerts")
+    receiver = alert_receiver(broker.port, f"lw/{AGENT}/cameras/+/alerts")
     with moto_server() as s3_url:
         link = SwitchableLink(int(s3_url.rsplit(":", 1)[1]))
         link.up()
@@ -256,7 +248,7 @@ def burst(args: argparse.Namespace, work: Path) -> list[str]:
         shutil.copyfile(src, staging / names[-1])
     broker = Broker(work / "broker")
     broker.start()
-    receiver = AlertReceiver(broker.port, f"lw/{AGENT}/cameras/+/alerts")
+    receiver = alert_receiver(broker.port, f"lw/{AGENT}/cameras/+/alerts")
     with moto_server() as s3_url:
         agent = AgentProcess(agent_config(work, args.bundle, broker.port, s3_url, None), work / "agent.log")
         agent.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import random
 import shutil
@@ -16,25 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import cv2
-import paho.mqtt.client as mqtt
 
 from bench.services import free_port
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+from tests.harness import MosquittoService, Subscriber
 
 
 class AgentProcess:
@@ -83,34 +69,15 @@ class AgentProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-class Broker:
-    """mosquitto with on-disk persistence (queued QoS 1 messages survive a restart) on a fixed loopback port."""
+class Broker(MosquittoService):
+    """The harness's mosquitto with on-disk persistence (queued QoS 1 messages survive a restart)."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nmax_queued_messages 0\nlog_dest none\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(folder, persistent=True)
         self.restarts = 0
 
-    def start(self) -> None:
-        """Start the broker and wait for its port."""
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        """SIGTERM (mosquitto saves its persistence file) and wait."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(20)
-            self.proc = None
-
     def restart(self, down_seconds: float) -> None:
-        """Stop, stay down for ``down_seconds``, start again."""
+        """Stop, stay down for ``down_seconds``, start again on the same port."""
         self.stop()
         time.sleep(down_seconds)
         self.start()
@@ -179,28 +146,11 @@ class SwitchableLink:
             self._conns.discard(src)
 
 
-class AlertReceiver:
-    """A persistent-session QoS 1 subscriber; counts every delivery and the distinct message ids."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.deliveries: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-receiver", clean_session=False)
-        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        message_id = json.loads(msg.payload)["message_id"]
-        with self._lock:
-            self.deliveries[message_id] += 1
-
-    def close(self) -> None:
-        """Stop the network loop."""
-        self.client.loop_stop()
-        self.client.disconnect()
+def alert_receiver(port: int, topic: str) -> Subscriber:
+    """A persistent-session QoS 1 subscriber: every delivery counts (``Counter(receiver.message_ids())``)."""
+    return Subscriber(
+        "127.0.0.1", port, topic, client_id="soak-receiver", clean_session=False, reconnect_delay=(0.1, 0.5)
+    )
 
 
 def verdict_count(db: Path) -> int:

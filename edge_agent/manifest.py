@@ -124,9 +124,6 @@ class ModelEntry(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> ModelEntry:
-        if self.kind in ("patchcore", "autoencoder") and self.calibration is None:
-            msg = f"a {self.kind} scorer needs its calibration"
-            raise ValueError(msg)
         if self.kind in ("classifier", "type_head") and not self.class_names:
             msg = f"a {self.kind} needs class_names"
             raise ValueError(msg)
@@ -165,6 +162,9 @@ class Manifest(StrictModel):
             msg = "no scorer model"
             raise ValueError(msg)
         for role, entry in self.models.items():
+            if entry.kind in ("patchcore", "autoencoder") and entry.calibration is None:
+                msg = f"models.{role}: a {entry.kind} scorer needs its calibration"
+                raise ValueError(msg)
             if entry.file not in self.files:
                 msg = f"models.{role}: {entry.file} is not covered by a hash"
                 raise ValueError(msg)

@@ -127,6 +127,7 @@ def _calibrate_and_evaluate(
 def train_autoencoder(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
     """Train the autoencoder on normal images and write its model folder; returns the metrics."""
     from training.artifacts import finalise_model_folder
+    from training.device import float32_copy, precision_policy, training_device
     from training.models.autoencoder import build_autoencoder, mse_ssim_loss
 
     ae = cfg.autoencoder
@@ -136,15 +137,23 @@ def train_autoencoder(splits: DatasetSplits, cfg: TrainConfig, folder: Path) -> 
     t0 = time.perf_counter()
     train_images, _ = load_images(splits.train, spec, splits.skipped)
     val_x = normalise(load_images(splits.validation, spec, splits.skipped)[0], spec)
-    model = build_autoencoder(ae.size, spec.channels, ae.base_filters, ae.latent_channels)
-    model.compile(optimizer=keras.optimizers.Adam(ae.learning_rate), loss=mse_ssim_loss(ae.ssim_weight))
-    callbacks = [
-        keras.callbacks.EarlyStopping(patience=ae.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(folder / "best.keras", save_best_only=True),
-        keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False),
-    ]
-    data = AugmentedImages(train_images, spec, ae.augment, ae.batch_size, cfg.dataset.seed)
-    history = model.fit(data, validation_data=(val_x, val_x), epochs=ae.epochs, callbacks=callbacks, verbose=2)
+    device = training_device()
+
+    def build() -> keras.Model:
+        return build_autoencoder(ae.size, spec.channels, ae.base_filters, ae.latent_channels)
+
+    with precision_policy(device.mixed_precision):
+        model = build()
+        model.compile(optimizer=keras.optimizers.Adam(ae.learning_rate), loss=mse_ssim_loss(ae.ssim_weight))
+        callbacks = [
+            keras.callbacks.EarlyStopping(patience=ae.patience, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(folder / "best.keras", save_best_only=True),
+            keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False),
+        ]
+        data = AugmentedImages(train_images, spec, ae.augment, ae.batch_size, cfg.dataset.seed)
+        history = model.fit(data, validation_data=(val_x, val_x), epochs=ae.epochs, callbacks=callbacks, verbose=2)
+    if device.mixed_precision:
+        model = float32_copy(model, build)  # what export converts: the same graph as a CPU run's
     train_seconds = time.perf_counter() - t0
     model.save(folder / "model.keras")
     (folder / "best.keras").unlink(missing_ok=True)
@@ -184,6 +193,7 @@ def train_patchcore(
     from training.artifacts import finalise_model_folder, write_json
     from training.autoconfig import SEARCHED, search_patchcore
     from training.backbones import get_backbone
+    from training.device import training_device
     from training.models.patchcore import PatchCoreScorer, bank_params
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +208,10 @@ def train_patchcore(
     backbone, (offset, scale) = get_backbone(pc.backbone, pc.size, pc.weights, tuple(pc.taps))
     spec = PreprocessSpec(pc.size, "rgb", pc.resize, offset=offset, scale=scale)
 
-    scorer = PatchCoreScorer(keras_forward(backbone), spec, pc.blur_sigma, top_fraction=pc.score_top_fraction)
+    batch = training_device().embed_batch
+    scorer = PatchCoreScorer(
+        keras_forward(backbone), spec, pc.blur_sigma, top_fraction=pc.score_top_fraction, batch_size=batch
+    )
     train_images, _ = load_images(splits.train, spec, splits.skipped)
     bank_kwargs = bank_params(pc, cfg.dataset.seed)
     bank = scorer.fit(train_images, **bank_kwargs)

@@ -8,54 +8,15 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import boto3
-import paho.mqtt.client as mqtt
-import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from tests.harness import Subscriber, wait_until
 from tests.services import free_port, mosquitto, moto_s3  # noqa: F401
-
-
-class Collector:
-    """Subscriber counting alerts by message id (a receiver de-duplicating as the outbox expects)."""
-
-    def __init__(self, host: str, port: int, topic: str) -> None:
-        self.ids: list[str] = []
-        self.payloads: dict[str, dict] = {}
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector", clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.subscribed = threading.Event()
-        self.client.reconnect_delay_set(0.1, 0.3)  # back before the agent's publisher (>= 1 s back-off)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert self.subscribed.wait(5), "collector got no SUBACK"
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        payload = json.loads(msg.payload)
-        with self.lock:
-            self.ids.append(payload["message_id"])
-            self.payloads[payload["message_id"]] = payload
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, mosquitto, moto_s3, monkeypatch):
@@ -80,7 +41,14 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
             "metrics": {"enabled": True, "port": 0},
         }
     )
-    collector = Collector(mosquitto.host, mosquitto.port, "lw/it/cameras/+/alerts")
+    collector = Subscriber(  # a persistent session, back before the agent's publisher (>= 1 s back-off)
+        mosquitto.host,
+        mosquitto.port,
+        "lw/it/cameras/+/alerts",
+        client_id="collector",
+        clean_session=False,
+        reconnect_delay=(0.1, 0.3),
+    )
     agent = Agent(cfg)
     agent.start()
     test_dir = datasets_root / "mvtec_ad" / "bottle" / "test"
@@ -92,15 +60,15 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
             if i == 8:
                 moto_s3.stop()
             shutil.copyfile(path, incoming / f"{path.parent.name}_{path.name}")
-        wait_for(lambda: agent.store.counts(None).get("cam1", {}).get("frames", 0) == len(images), 120, "verdicts")
+        wait_until(lambda: agent.store.counts(None).get("cam1", {}).get("frames", 0) == len(images), 120, "verdicts")
         time.sleep(1.0)
         mosquitto.start()
         moto_s3.start()
-        wait_for(lambda: agent.store.queue_depths() == {"mqtt": 0, "s3": 0}, 60, "outbox to drain")
+        wait_until(lambda: agent.store.queue_depths() == {"mqtt": 0, "s3": 0}, 60, "outbox to drain")
         metrics_port = agent.metrics_server.port
     finally:
         agent.stop()
-    wait_for(lambda: len(set(collector.ids)) >= 1, 10, "alerts")
+    wait_until(lambda: len(set(collector.message_ids())) >= 1, 10, "alerts")
     collector.close()
 
     db = sqlite3.connect(tmp_path / "agent.db")
@@ -111,8 +79,10 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
     assert {f for f in anomalous if f.startswith("broken_large")} == {f"broken_large_{p.name}" for p in images[8:]}
     assert all(Path(r[2]).is_file() for r in rows if r[1])
     expected_ids = {f"it:cam1:{f}" for f in anomalous}
-    assert set(collector.ids) == expected_ids
-    payload = collector.payloads[next(iter(expected_ids))]
+    assert set(collector.message_ids()) == expected_ids
+    payload = {json.loads(m.payload)["message_id"]: json.loads(m.payload) for m in collector.received()}[
+        next(iter(expected_ids))
+    ]
     assert payload["anomalous"] is True and payload["camera"] == "cam1" and payload["heatmap_s3_key"]
     s3 = boto3.client("s3", endpoint_url=moto_s3.endpoint_url, region_name="us-east-1")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="lw-test").get("Contents", [])}

@@ -9,16 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
 from edge_agent.config import DeliveryConfig, MQTTConfig, S3Config
@@ -29,47 +25,12 @@ from edge_agent.delivery.worker import DeliveryWorker
 from edge_agent.records import OutboxMessage, VerdictRecord
 from edge_agent.secrets import read_secret, redact
 from edge_agent.store import OutboxItem, Store
+from tests.harness import Subscriber, wait_until
 from tests.services import mosquitto, mosquitto_auth, moto_s3  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "lwtest"
 CAPTURED = datetime(2025, 6, 7, 23, 59, 30, tzinfo=UTC)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Receiver:
-    """A plain paho subscriber collecting (topic, payload, retain) tuples."""
-
-    def __init__(self, host: str, port: int, topic: str) -> None:
-        self.messages: list[tuple[str, str, bool]] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert self.subscribed.wait(5), "subscriber got no SUBACK"
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
-
-    def payloads(self, topic: str) -> list[str]:
-        with self.lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def make_verdict(frame_id: str, camera: str = "cam1") -> VerdictRecord:
@@ -113,7 +74,7 @@ def store(tmp_path):
 
 def test_alerts_status_stats_and_stopped(mosquitto, store):
     agent = "agent-basic"
-    rx = Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")
+    rx = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")
     pub = MQTTPublisher(mqtt_cfg(mosquitto), agent, autostart=False)
     assert not pub.connected
     pub.start()
@@ -144,10 +105,10 @@ def test_alerts_status_stats_and_stopped(mosquitto, store):
         pub.close()
     wait_until(lambda: rx.payloads(pub.availability_topic)[-1:] == ["stopped"], 5, "availability stopped")
     rx.close()
-    late = Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")  # retained state seen by newcomers
+    late = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")  # retained state seen by newcomers
     try:
-        wait_until(lambda: len(late.messages) >= 2, 5, "retained messages")
-        retained = {t: p for t, p, r in late.messages if r}
+        wait_until(lambda: len(late.received()) >= 2, 5, "retained messages")
+        retained = {m.topic: m.text for m in late.received() if m.retain}
         assert retained[pub.availability_topic] == "stopped"
         assert retained[pub.status_topic("cam1")] == "running"
         assert pub.alert_topic("cam1") not in retained  # events are never retained
@@ -166,7 +127,7 @@ time.sleep(120)
 
 
 def test_last_will_offline_when_killed(mosquitto):
-    rx = Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/crasher/availability")
+    rx = Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/crasher/availability")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", CRASHER, mosquitto.host, str(mosquitto.port), PREFIX],
@@ -238,7 +199,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, store):
     cfg = DeliveryConfig(retry_min_seconds=2.0, retry_max_seconds=2.0, batch_size=3)
     pub = MQTTPublisher(mqtt_cfg(mosquitto), agent, publish_timeout=2.0, reconnect_min_delay=0.2, reconnect_max_delay=1)
     topic = pub.alert_topic("cam1")
-    receivers = [Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")]
+    receivers = [Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#")]
     worker = DeliveryWorker(store, [pub], cfg, interval=0.2)
     assert pub.wait_connected(5)
     pub.set_camera_status("cam1", "running")
@@ -267,7 +228,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(mosquitto, store):
         wait_until(lambda: worker.counters()["mqtt"]["failed"] >= 1, 10, "a failed attempt")
         assert store.queue_depths()["mqtt"] == 10
         mosquitto.start()
-        receivers.append(Receiver(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#"))
+        receivers.append(Subscriber(mosquitto.host, mosquitto.port, f"{PREFIX}/{agent}/#"))
         wait_until(lambda: len(set(ids())) == 15, 20, "every alert after the restart")
         wait_until(lambda: store.queue_depths()["mqtt"] == 0, 5, "an empty queue")
     finally:

@@ -23,6 +23,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, FolderSourceConfig
 from edge_agent.records import Frame
 from edge_agent.sources.folder import SYMLINK_REASON, FolderSource
+from tests.harness import wait_until
 
 SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 HOSTILE_NAMES = [
@@ -197,10 +198,8 @@ def test_hostile_file_names_through_the_agent(tmp_path, bottle_bundle, bottles):
     agent = _agent(tmp_path, bottle_bundle, incoming)
     agent.start()
     try:
-        deadline = time.monotonic() + 120
-        while agent.store.counts(None).get("cam1", {}).get("frames", 0) < len(HOSTILE_NAMES):
-            assert time.monotonic() < deadline, "verdicts missing"
-            time.sleep(0.2)
+        frames = lambda: agent.store.counts(None).get("cam1", {}).get("frames", 0)  # noqa: E731
+        wait_until(lambda: frames() >= len(HOSTILE_NAMES), 120, "a verdict for every hostile name")
     finally:
         agent.stop()
     rows = sqlite3.connect(tmp_path / "agent.db").execute("SELECT frame_id, heatmap_path, image_path FROM verdicts")

@@ -12,18 +12,16 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import boto3
-import paho.mqtt.client as paho
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_agent_config
+from tests.harness import Subscriber, wait_until
 from tests.services import mosquitto_tls, moto_s3  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,32 +29,6 @@ SECRET_KEY = re.compile(r"(password|passwd|secret|token|private|api_?key|access_
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 PBKDF2 = re.compile(r"^pbkdf2_sha256\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
-
-
-class Everything:
-    """A TLS subscriber to every topic (``#``) as user ``reader``."""
-
-    def __init__(self, broker) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="secrets-reader")
-        self.client.tls_set(ca_certs=str(broker.ca_file))
-        self.client.username_pw_set("reader", broker.users["reader"])
-        self.client.on_connect = lambda c, *_: c.subscribe("#", qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "reader got no SUBACK"
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def test_no_secret_anywhere_after_an_end_to_end_run(
@@ -118,20 +90,27 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
 
     test = datasets_root / "mvtec_ad" / "bottle" / "test"
     images = sorted(test.glob("good/*.png"))[:3] + sorted(test.glob("broken_large/*.png"))[:3]
-    reader = Everything(mosquitto_tls)
+    reader = Subscriber(
+        mosquitto_tls.host,
+        mosquitto_tls.port,
+        "#",
+        ca_file=mosquitto_tls.ca_file,
+        username="reader",
+        password=mosquitto_tls.users["reader"],
+    )
     agent = Agent(cfg)
     agent.start()
     try:
         assert agent.mqtt is not None and agent.mqtt.wait_connected(15), "agent not connected over TLS"
         for path in images:
             shutil.copyfile(path, incoming / f"{path.parent.name}_{path.name}")
-        deadline = time.monotonic() + 120
-        while agent.store.counts(None).get("cam1", {}).get("frames", 0) < len(images) or any(
-            agent.store.queue_depths().values()
-        ):
-            assert time.monotonic() < deadline, f"verdicts/outbox: {agent.store.queue_depths()}"
-            time.sleep(0.2)
+
+        def scored_and_delivered() -> bool:
             agent._maybe_publish_stats()  # what run_forever does each second
+            frames = agent.store.counts(None).get("cam1", {}).get("frames", 0)
+            return frames >= len(images) and not any(agent.store.queue_depths().values())
+
+        wait_until(scored_and_delivered, 120, "every verdict and its outbox rows", interval=0.2)
         time.sleep(0.6)  # a fast run can end within one stats interval: publish one snapshot for sure
         agent._maybe_publish_stats()
     finally:
@@ -145,7 +124,7 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
         for obj in page.get("Contents", []):
             got = s3.get_object(Bucket="lw-secrets", Key=obj["Key"])
             objects[obj["Key"]] = got["Body"].read() + repr(got.get("Metadata", {})).encode()
-    topics = {topic for topic, _ in reader.messages}
+    topics = {m.topic for m in reader.received()}
     alerts = [t for t in topics if t.endswith("/alerts")]
     assert alerts and "lwsecrets/sec/availability" in topics and "lwsecrets/sec/stats" in topics, topics
     assert any(k.endswith(".json") for k in objects) and any(k.endswith(".heatmap.jpg") for k in objects)
@@ -156,7 +135,7 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
     places = {
         "the config file": config_file.read_bytes(),
         "the logs": logs.encode(),
-        **{f"MQTT {topic}": payload for topic, payload in reader.messages},
+        **{f"MQTT {m.topic}": m.payload for m in reader.received()},
         **{f"S3 {key}": body for key, body in objects.items()},
         "the database": database,
     }
@@ -168,7 +147,7 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
         assert access_key.encode() not in data, f"the S3 access key id appears in {where}"
     assert not [r for r in caplog.records if r.name.startswith(("botocore", "urllib3")) and r.levelno < logging.INFO]
     print(
-        f"searched {len(places)} places ({len(reader.messages)} MQTT messages, {len(objects)} S3 objects, "
+        f"searched {len(places)} places ({len(reader.received())} MQTT messages, {len(objects)} S3 objects, "
         f"{len(caplog.records)} log records) for {len(secrets)} secrets: none found"
     )
 

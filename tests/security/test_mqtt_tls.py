@@ -9,52 +9,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
-import time
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MQTTConfig, TLSConfig
 from edge_agent.delivery.mqtt import MQTTPublisher
+from tests.harness import Subscriber, wait_until
 from tests.services import mosquitto_tls  # noqa: F401
 
 PREFIX = "lwsec"
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class TLSReader:
-    """A paho subscriber over TLS as user ``reader``."""
-
-    def __init__(self, broker, topic: str) -> None:
-        self.messages: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"reader-{time.monotonic_ns()}")
-        self.client.tls_set(ca_certs=str(broker.ca_file))
-        self.client.username_pw_set("reader", broker.users["reader"])
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "reader got no SUBACK over TLS"
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload.decode()))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def tls_cfg(broker, ca_file=None, **kw) -> MQTTConfig:
@@ -88,13 +51,20 @@ def test_tls_and_password_deliver_an_alert(mosquitto_tls, agent_env, monkeypatch
     else:
         monkeypatch.setenv("LW_SEC_PASSWORD", "")  # only the credential file holds it
         cfg = tls_cfg(mosquitto_tls, username_env="LW_SEC_USER", password_credential="mqtt-password")
-    reader = TLSReader(mosquitto_tls, f"{PREFIX}/+/cameras/+/alerts")
+    reader = Subscriber(
+        mosquitto_tls.host,
+        mosquitto_tls.port,
+        f"{PREFIX}/+/cameras/+/alerts",
+        ca_file=mosquitto_tls.ca_file,
+        username="reader",
+        password=mosquitto_tls.users["reader"],
+    )
     pub = MQTTPublisher(cfg, f"tls-{password_from}")
     try:
         assert pub.wait_connected(10), f"no TLS connection: {mosquitto_tls.log_text()[-1500:]}"
         payload = f'{{"message_id": "tls-{password_from}", "anomalous": true}}'
         assert pub.publish_alert(pub.alert_topic("cam1"), payload)
-        wait_until(lambda: (pub.alert_topic("cam1"), payload) in reader.messages, 10, "the alert over TLS")
+        wait_until(lambda: payload in reader.payloads(pub.alert_topic("cam1")), 10, "the alert over TLS")
     finally:
         pub.close()
         reader.close()

@@ -31,7 +31,10 @@ def build_autoencoder(size: int, channels: int, base_filters: int = 32, latent_c
         x = layers.ReLU(max_value=6.0, name=f"dec{i}_relu6")(x)
         x = layers.Conv2D(f, 3, padding="same", name=f"dec{i}_conv")(x)
         x = layers.ReLU(max_value=6.0, name=f"dec{i}_relu6b")(x)
-    outputs = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+    # float32 even under mixed precision: the loss compares it with float32 images
+    outputs = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction", dtype="float32")(
+        x
+    )
     return keras.Model(inputs, outputs, name="conv_autoencoder")
 
 

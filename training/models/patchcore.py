@@ -123,8 +123,10 @@ class PatchCoreScorer:
         blur_sigma: float = 4.0,
         pool: int = 3,
         top_fraction: float | None = None,
+        batch_size: int = 16,
     ) -> None:
         self.features = features
+        self.batch_size = batch_size
         self.spec = spec
         self.blur_sigma = blur_sigma
         self.pool = pool
@@ -133,11 +135,11 @@ class PatchCoreScorer:
         self.grid: tuple[int, int] | None = None
         self.sources: np.ndarray | None = None
 
-    def embed(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Patch embeddings (N, P, D) of prepared uint8 images."""
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Patch embeddings (N, P, D) of prepared uint8 images, ``batch_size`` images per forward pass."""
         out = []
-        for start in range(0, len(images), batch_size):
-            batch = normalise(images[start : start + batch_size], self.spec)
+        for start in range(0, len(images), self.batch_size):
+            batch = normalise(images[start : start + self.batch_size], self.spec)
             maps = self.features(batch)
             for j in range(len(batch)):
                 per_image = [m[j] for m in maps]
