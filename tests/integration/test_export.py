@@ -183,7 +183,7 @@ def test_classifier_shares_the_backbone_graph(
 
     separate = _export(run_with_classifier, bottle_config, tmp_path / "separate", "--separate-graphs")
     assert separate["models"]["classifier"]["file"] == "classifier.tflite"
-    assert "shares_graph_of" not in separate["models"]["classifier"]
+    assert separate["models"]["classifier"]["shares_graph_of"] is None
 
     float_model = keras.models.load_model(run_with_classifier / "classifier-transfer" / "model.keras")
     one, two = Inspector(load_bundle(shared_bundle)), Inspector(load_bundle(tmp_path / "separate"))
