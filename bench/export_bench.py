@@ -69,13 +69,13 @@ def float_keras_latency(run_dir: Path, images: list[np.ndarray]) -> list[float]:
     import keras
 
     from edge_agent.preprocess import PreprocessSpec, prepare
-    from training.artifacts import read_json
+    from training.artifacts import read_calibration, read_json
     from training.models.patchcore import PatchCoreScorer
     from training.train_anomaly import keras_forward
 
     folder = run_dir / "patchcore"
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    params = read_json(folder / "calibration.json")
+    params = read_calibration(folder)
     scorer = PatchCoreScorer(
         keras_forward(keras.models.load_model(folder / "backbone.keras")),
         spec,

@@ -105,11 +105,6 @@ class ModelEntry(StrictModel):
     def _whole_preprocess(cls, value: Any) -> Any:
         return _every_field(value, PreprocessSpec)
 
-    @field_validator("calibration", mode="before")
-    @classmethod
-    def _whole_calibration(cls, value: Any) -> Any:
-        return _every_field(value, Calibration)
-
     @model_validator(mode="before")
     @classmethod
     def _params_of_kind(cls, data: Any) -> Any:
@@ -179,6 +174,59 @@ class Manifest(StrictModel):
         """Tell each entry its role."""
         for role, entry in self.models.items():
             object.__setattr__(entry, "role", role)
+
+
+class PatchCoreRunCalibration(Calibration):
+    """``calibration.json`` of a PatchCore run folder: the calibration and what export needs to rebuild it."""
+
+    blur_sigma: float = Field(ge=0.0)
+    pool: int = Field(ge=1)
+    taps: list[str] = Field(min_length=1)
+    score_top_fraction: float | None = Field(gt=0.0, le=0.5)
+    bank: dict[str, Any] = Field(description="coreset parameters, so that export rebuilds the bank the same way")
+    settings: dict[str, Any]
+    search: dict[str, Any] | None
+
+
+class AutoencoderRunCalibration(Calibration):
+    """``calibration.json`` of an autoencoder run folder."""
+
+    ssim_weight: float = Field(ge=0.0, le=1.0)
+    blur_sigma: float = Field(ge=0.0)
+
+
+class ClassifierRunCalibration(StrictModel):
+    """``calibration.json`` of a classifier run folder."""
+
+    class_names: list[str] = Field(min_length=2)
+
+
+class TypeHeadRunCalibration(StrictModel):
+    """``calibration.json`` of a type head run folder."""
+
+    class_names: list[str] = Field(min_length=2)
+    deep_tap: str
+    head: str = Field(description="file of the regression")
+    scorer: str = Field(description="the PatchCore run folder beside it whose graph it reads")
+
+
+RUN_CALIBRATION_BY_KIND: dict[str, type[StrictModel]] = {
+    "patchcore": PatchCoreRunCalibration,
+    "autoencoder": AutoencoderRunCalibration,
+    "classifier": ClassifierRunCalibration,
+    "type_head": TypeHeadRunCalibration,
+}
+
+
+def run_calibration(kind: str, data: Any, source: str) -> dict[str, Any]:
+    """A run folder's ``calibration.json`` validated for its model ``kind`` (ValueError naming each bad key)."""
+    try:
+        model = RUN_CALIBRATION_BY_KIND[kind].model_validate(data)
+    except KeyError as err:
+        raise ValueError(f"{source}: unknown model kind {kind!r}") from err
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, source).replace("invalid config", "invalid run file")) from err
+    return model.model_dump()
 
 
 def parse_manifest(data: Any, source: str) -> Manifest:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from itertools import pairwise
 from statistics import NormalDist
 from typing import Any
 
 import cv2
 import numpy as np
+
+from edge_agent.config_base import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,9 @@ def reconstruction_map(original: np.ndarray, recon: np.ndarray, ssim_weight: flo
     return mixed
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Threshold and score normalisation fitted on normal images held out from training.
+class Calibration(StrictModel):
+    """Threshold and score normalisation fitted on normal images held out from training (typed, every field
+    required: ``None`` must be written, never left out).
 
     normalised = 0.5 * (score - center) / (threshold - center), clipped to [0, 1]: the median normal
     score maps to 0, the threshold to 0.5. ``false_alarm_rate`` is the rate the line asked for (None for the
@@ -165,10 +166,10 @@ class Calibration:
     pixel_threshold: float
     method: str
     n_validation: int
-    false_alarm_rate: float | None = None
-    false_alarm_bound: float | None = None
-    n_normal: int | None = None
-    note: str | None = None
+    false_alarm_rate: float | None
+    false_alarm_bound: float | None
+    n_normal: int | None
+    note: str | None
 
     def normalise(self, scores: np.ndarray | float) -> np.ndarray:
         """Map raw scores to [0, 1] with the threshold at 0.5."""
@@ -178,26 +179,12 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """Inverse of :meth:`to_dict` (bundles written before the false-alarm fields read as None)."""
-
-        def optional(key: str, kind: type) -> Any:
-            return None if data.get(key) is None else kind(data[key])
-
-        return cls(
-            threshold=float(data["threshold"]),
-            center=float(data["center"]),
-            pixel_threshold=float(data["pixel_threshold"]),
-            method=str(data["method"]),
-            n_validation=int(data["n_validation"]),
-            false_alarm_rate=optional("false_alarm_rate", float),
-            false_alarm_bound=optional("false_alarm_bound", float),
-            n_normal=optional("n_normal", int),
-            note=optional("note", str),
-        )
+        """Inverse of :meth:`to_dict`; a missing or extra key is a ``pydantic.ValidationError`` naming it."""
+        return cls.model_validate(data)
 
 
 def normal_scores_needed(rate: float) -> int:
@@ -267,15 +254,15 @@ def fit_calibration(
         if note:
             log.warning("threshold: %s", note)
         return Calibration(
-            threshold,
-            float(np.median(scores)),
-            threshold if pixel_threshold is None else pixel_threshold,
-            method,
-            n_validation,
-            false_alarm_rate,
-            bound,
-            int(scores.size),
-            note,
+            threshold=threshold,
+            center=float(np.median(scores)),
+            pixel_threshold=threshold if pixel_threshold is None else pixel_threshold,
+            method=method,
+            n_validation=n_validation,
+            false_alarm_rate=false_alarm_rate,
+            false_alarm_bound=bound,
+            n_normal=int(scores.size),
+            note=note,
         )
     center = float(np.median(scores))
     spread = float(scores.std()) or max(abs(center) * 0.05, 1e-6)
@@ -284,4 +271,14 @@ def fit_calibration(
     threshold = max(threshold, upper, center + 0.5 * spread)
     bound = (1.0 + float((scores > threshold).sum())) / (scores.size + 1.0)
     pixel = threshold if pixel_threshold is None else pixel_threshold
-    return Calibration(float(threshold), center, pixel, method, n_validation, None, bound, n_validation)
+    return Calibration(
+        threshold=float(threshold),
+        center=center,
+        pixel_threshold=pixel,
+        method=method,
+        n_validation=n_validation,
+        false_alarm_rate=None,
+        false_alarm_bound=bound,
+        n_normal=n_validation,
+        note=None,
+    )

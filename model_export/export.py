@@ -27,7 +27,7 @@ from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import fit_calibration
 from model_export.convert import Precision, convert
 from training import metrics
-from training.artifacts import code_version, data_description, read_json
+from training.artifacts import code_version, data_description, read_calibration, read_json
 from training.config import TrainConfig
 from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
 from training.synthetic import synthetic_recall
@@ -65,10 +65,10 @@ def _float_scores(folder: Path, kind: str, images: np.ndarray) -> tuple[np.ndarr
     from training.train_anomaly import AutoencoderScorer, keras_forward
 
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    params = read_json(folder / "calibration.json")
+    params = read_calibration(folder)
     if kind == "patchcore":
         forward = keras_forward(keras.models.load_model(folder / "backbone.keras", compile=False))
-        scorer = PatchCoreScorer(forward, spec, params["blur_sigma"], params["pool"], params.get("score_top_fraction"))
+        scorer = PatchCoreScorer(forward, spec, params["blur_sigma"], params["pool"], params["score_top_fraction"])
         scorer.set_bank(np.load(folder / "memory_bank.npy"))
         return scorer.score(images)
     model = keras.models.load_model(folder / "model.keras", compile=False)
@@ -103,7 +103,7 @@ def export_scorer(
     """
     kind = _scorer_kind(folder)
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    params = read_json(folder / "calibration.json")
+    params = read_calibration(folder)
     model_file = folder / ("backbone.keras" if kind == "patchcore" else "model.keras")
     model = graph or keras.models.load_model(model_file, compile=False)
     train_images, _ = load_images(splits.train, spec)
@@ -124,7 +124,7 @@ def export_scorer(
         "calibration": None,
         "params": {k: params[k] for k in ("blur_sigma", "pool", "ssim_weight", "score_top_fraction") if k in params},
         "source_model": read_json(folder / "meta.json")["name"],
-        "settings": params.get("settings"),
+        "settings": params.get("settings"),  # PatchCore runs only
         "search": params.get("search"),
     }
     loo_scores = None
@@ -183,14 +183,14 @@ def refit_memory_bank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """PatchCore memory bank rebuilt from the exported graph's own features, and the leave-one-out scores.
 
-    Same coreset procedure as training (``params["bank"]``, written by training; the data set config for older
-    runs). Comparing int8 features with an int8-built bank cancels the graph's systematic quantisation error:
-    on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794, float 0.750. The second array holds
-    each training image's score against the bank without its own rows (for the threshold, as in training).
+    Same coreset procedure as training (``params["bank"]``, written by training). Comparing int8 features with an
+    int8-built bank cancels the graph's systematic quantisation error: on tire it took the int8 image AUROC from
+    0.569 (float bank) to 0.794, float 0.750. The second array holds each training image's score against the bank
+    without its own rows (for the threshold, as in training).
     """
-    from training.models.patchcore import bank_params, build_memory_bank, leave_one_out_scores
+    from training.models.patchcore import build_memory_bank, leave_one_out_scores
 
-    bank_kwargs = params.get("bank") or bank_params(cfg.patchcore, cfg.dataset.seed)
+    bank_kwargs = params["bank"]
     pool = int(params["pool"])
     grid: list[tuple[int, int]] = []
 
@@ -204,7 +204,7 @@ def refit_memory_bank(
 
     bank, sources = build_memory_bank(embed, train_images, **bank_kwargs)
     loo = leave_one_out_scores(
-        embed(train_images), bank, sources, grid[0], spec.size, params["blur_sigma"], params.get("score_top_fraction")
+        embed(train_images), bank, sources, grid[0], spec.size, params["blur_sigma"], params["score_top_fraction"]
     )
     return bank, loo
 
@@ -260,7 +260,7 @@ def _classifier_entry(
         "preprocess": read_json(folder / "preprocess.json"),
         "input": input_info,
         "outputs": outputs,
-        "class_names": read_json(folder / "calibration.json")["class_names"],
+        "class_names": read_calibration(folder)["class_names"],
         "params": {},
         "source_model": read_json(folder / "meta.json")["name"],
     }
@@ -271,7 +271,7 @@ def _classifier_parity(
 ) -> dict[str, Any]:
     """Top-1 agreement of the exported classifier with the float model on the test split's prepared images."""
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
-    class_names = read_json(folder / "calibration.json")["class_names"]
+    class_names = read_calibration(folder)["class_names"]
     float_pred = np.asarray(model.predict(normalise(test_images, spec), verbose=0)).argmax(axis=1)
     edge_pred = np.array([p.argmax() for p in edge_probs])
     labels = np.array([class_names.index(s.defect_type) for s in test_samples])

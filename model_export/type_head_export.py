@@ -20,7 +20,7 @@ from edge_agent.inspector import PatchCoreTFLite
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.scoring import NearestNeighbourIndex
 from edge_agent.type_head import TypeHead
-from training.artifacts import read_json
+from training.artifacts import read_calibration, read_json
 from training.data import DatasetSplits, load_images
 from training.type_head import cross_validate, fit_logistic, image_evidence
 
@@ -42,7 +42,7 @@ def type_head_entry(
     """
     from model_export.export import ParityError
 
-    head_file = read_json(folder / "calibration.json")["head"]
+    head_file = read_calibration(folder)["head"]
     float_head = TypeHead.load(folder / head_file)
     run = read_json(folder / "metrics.json")
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
@@ -101,8 +101,8 @@ def type_head_entry(
 
 def _float_types(folder: Path, head: TypeHead, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The float head's types on the float model's features (float backbone, the training run's float bank)."""
-    scorer_dir = folder.parent / read_json(folder / "calibration.json")["scorer"]
-    params = read_json(scorer_dir / "calibration.json")
+    scorer_dir = folder.parent / read_calibration(folder)["scorer"]
+    params = read_calibration(scorer_dir)
     index = NearestNeighbourIndex(np.load(scorer_dir / "memory_bank.npy"), threads=2)
     model = keras.models.load_model(folder / "model.keras", compile=False)
     out = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle import sha256_file
+from edge_agent.manifest import run_calibration
 from edge_agent.preprocess import PreprocessSpec
 from training.data import DatasetSplits
 
@@ -54,6 +55,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_calibration(folder: Path) -> dict[str, Any]:
+    """A run folder's ``calibration.json``, validated for the kind its ``meta.json`` names (ValueError if not)."""
+    kind = read_json(folder / "meta.json")["kind"]
+    return run_calibration(kind, read_json(folder / "calibration.json"), f"{folder}/calibration.json")
+
+
 def finalise_model_folder(
     folder: Path,
     *,
@@ -67,7 +74,7 @@ def finalise_model_folder(
 ) -> dict[str, Any]:
     """Write the JSON side files and ``meta.json`` (with hashes of every other file) into ``folder``."""
     write_json(folder / "preprocess.json", preprocess.to_dict())
-    write_json(folder / "calibration.json", calibration)
+    write_json(folder / "calibration.json", run_calibration(kind, calibration, f"{folder}/calibration.json"))
     write_json(folder / "metrics.json", metrics)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "meta.json")
     meta = {

@@ -19,7 +19,7 @@ import numpy as np
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score, patch_embedding
 from edge_agent.type_head import TypeHead, type_features
-from training.artifacts import finalise_model_folder, read_json
+from training.artifacts import finalise_model_folder, read_calibration, read_json
 from training.data import NORMAL, DatasetSplits, load_images
 from training.metrics import confusion_matrix, macro_f1, per_class_f1
 
@@ -58,7 +58,7 @@ def build_feature_model(patchcore_dir: Path) -> tuple[keras.Model, PreprocessSpe
     """The scorer's backbone with :data:`DEEP_TAP` added as its last output; its pre-processing and parameters."""
     from training.backbones import get_backbone
 
-    params = read_json(patchcore_dir / "calibration.json")
+    params = read_calibration(patchcore_dir)
     settings = params["settings"]
     taps = (*params["taps"], DEEP_TAP)
     model, _ = get_backbone(settings["backbone"], settings["size"], "imagenet", taps)
@@ -81,7 +81,7 @@ def _evidence(
     model: keras.Model, images: np.ndarray, spec: PreprocessSpec, patchcore_dir: Path
 ) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """Type features, image scores and the scorer's threshold for prepared images."""
-    params = read_json(patchcore_dir / "calibration.json")
+    params = read_calibration(patchcore_dir)
     index = NearestNeighbourIndex(np.load(patchcore_dir / "memory_bank.npy"), threads=2)
     features, scores = [], []
     for start in range(0, len(images), 8):

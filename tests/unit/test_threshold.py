@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.scoring import Calibration, false_alarm_threshold, fit_calibration, normal_scores_needed
 from training.config import ThresholdConfig
@@ -62,7 +63,8 @@ def test_fit_calibration_pools_extra_normal_scores_and_round_trips():
     assert cal.false_alarm_bound <= 0.05
     assert Calibration.from_dict(cal.to_dict()) == cal
     old = {k: v for k, v in cal.to_dict().items() if k in ("threshold", "center", "pixel_threshold", "method")}
-    assert Calibration.from_dict({**old, "n_validation": 31}).false_alarm_rate is None  # older bundles still read
+    with pytest.raises(ValidationError, match="false_alarm_rate"):  # no defaults at the reader
+        Calibration.from_dict({**old, "n_validation": 31})
 
 
 def test_threshold_config_defaults_to_one_percent_false_alarms():
