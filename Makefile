@@ -46,9 +46,9 @@ test: install system-deps  ## what CI runs: ruff (lint + format), mypy (strict o
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 
-test-fast: install  ## the edit loop (about a minute): ruff and the unit tests only (no training, no services)
+test-fast: install  ## the edit loop (under 2 minutes): ruff and the unit tests that train nothing (no services)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 lint: install
 	$(PY) -m ruff check .

@@ -82,6 +82,7 @@ def test_custom_cnn_uses_bounded_activations() -> None:
     assert relus and all(float(layer.max_value) == 6.0 for layer in relus)
 
 
+@pytest.mark.slow
 def test_transfer_classifier_shape_freezing_and_split(bottle: DatasetSplits) -> None:
     spec = preprocess_spec("transfer", 224)
     assert (spec.offset, spec.scale) == (127.0, 128.0)
@@ -130,6 +131,7 @@ def test_class_weights_inverse_frequency_mean_one() -> None:
     np.testing.assert_allclose(w[labels].mean(), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_custom_cross_validation(tiny_set: tuple[np.ndarray, np.ndarray], class_names: list[str]) -> None:
     images, labels = tiny_set
     result = cross_validate("custom", images, labels, class_names, TINY, seed=0)
@@ -141,6 +143,7 @@ def test_tiny_custom_cross_validation(tiny_set: tuple[np.ndarray, np.ndarray], c
     assert result["kind"] == "custom" and result["folds"] == 2
 
 
+@pytest.mark.slow
 def test_tiny_transfer_cross_validation(
     tiny_set: tuple[np.ndarray, np.ndarray], class_names: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +154,7 @@ def test_tiny_transfer_cross_validation(
     assert 0.0 <= result["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_train_classifier_with_validation_writes_logs(tiny_set: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     images, labels = tiny_set
     model = train_classifier(
@@ -161,6 +165,7 @@ def test_train_classifier_with_validation_writes_logs(tiny_set: tuple[np.ndarray
     assert any((tmp_path / "logs").rglob("*"))
 
 
+@pytest.mark.slow
 def test_train_and_save_writes_model_folder(bottle: DatasetSplits, class_names: list[str], tmp_path: Path) -> None:
     small = DatasetSplits(bottle.name, bottle.layout, bottle.train, bottle.validation, _subset(bottle, class_names, 3))
     metrics = train_and_save("custom", small, TINY, tmp_path / "clf")

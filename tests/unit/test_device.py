@@ -6,6 +6,7 @@ import logging
 
 import keras
 import numpy as np
+import pytest
 
 from training.device import CPU_EMBED_BATCH, float32_copy, precision_policy, training_device
 from training.models.autoencoder import build_autoencoder, mse_ssim_loss
@@ -21,6 +22,7 @@ def test_this_machine_trains_on_the_cpu_and_says_so(caplog, monkeypatch):
     assert "training on the CPU" in caplog.text
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path):
     def build() -> keras.Model:
         return build_autoencoder(32, 3, base_filters=4, latent_channels=4)
