@@ -80,7 +80,7 @@ def test_bundle_refuses_tampering(bottle_bundle, tmp_path):
         (lambda m: m["models"]["scorer"]["params"].pop("pool"), r"models\.scorer: .*params\.pool: Field required"),
         (lambda m: m["models"]["scorer"]["params"].update(blur_sigma="wide"), r"params\.blur_sigma: Input should be"),
         (lambda m: m["models"]["scorer"]["params"].pop("patch_taps"), r"params\.patch_taps: Field required"),
-        (lambda m: m["models"]["scorer"]["calibration"].pop("threshold"), r"models\.scorer\.calibration: .*threshold"),
+        (lambda m: m["models"]["scorer"]["calibration"].pop("threshold"), r"calibration\.threshold: Field required"),
         (lambda m: m["models"]["scorer"]["preprocess"].pop("scale"), r"models\.scorer\.preprocess: .*missing scale"),
         (lambda m: m["models"]["scorer"].update(precision="int4"), r"models\.scorer\.precision"),
         (lambda m: m["models"]["scorer"].update(colour="red"), r"models\.scorer\.colour: Extra inputs"),
