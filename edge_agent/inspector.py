@@ -71,24 +71,24 @@ def _params(entry: ModelEntry, kind: type[ParamsT]) -> ParamsT:
 
 
 def backbone_patches(
-    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int, patch_taps: int | None = None
+    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int, patch_taps: int
 ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, list[np.ndarray]]:
     """One prepared image through a PatchCore graph: patch embeddings (P, D) from its first ``patch_taps`` feature
-    maps (all when None), their grid, the 2-D head output of a classifier sharing the graph (None without one),
-    and the feature maps after the patch taps (a type head's deeper tap)."""
+    maps, their grid, the 2-D head output of a classifier sharing the graph (None without one), and the feature
+    maps after the patch taps (a type head's deeper tap)."""
     outputs = model(normalise(prepared[None], spec))
     feature_maps = [o[0] for o in outputs if o.ndim == 4]
     head = next((o[0] for o in outputs if o.ndim == 2), None)
-    taps = feature_maps[:patch_taps] if patch_taps is not None else feature_maps
+    taps = feature_maps[:patch_taps]
     return patch_embedding(taps, pool), taps[0].shape[:2], head, feature_maps[len(taps) :]
 
 
 class PatchCoreTFLite:
     """PatchCore: backbone in TFLite, memory-bank distance and smoothing in float32 numpy.
 
-    The graph's first ``params.patch_taps`` 4-D outputs (all when unset) form the patches. Its other output, when
-    there is one, belongs to a defect-type model sharing the graph (bundle format 2): a 2-D softmax of a classifier
-    head, or a deeper feature map pooled where the distance map is high (:mod:`edge_agent.type_head`); either is
+    The graph's first ``params.patch_taps`` 4-D outputs form the patches. Its other output, when there is one,
+    belongs to a defect-type model sharing the graph (``shares_graph_of``): a 2-D softmax of a classifier head,
+    or a deeper feature map pooled where the distance map is high (:mod:`edge_agent.type_head`); either is
     returned as the head output.
     """
 

@@ -17,12 +17,11 @@ import numpy as np
 
 from edge_agent.bundle import parse_entry
 from edge_agent.inspector import PatchCoreTFLite
-from edge_agent.preprocess import PreprocessSpec, normalise
-from edge_agent.scoring import NearestNeighbourIndex
+from edge_agent.preprocess import PreprocessSpec
 from edge_agent.type_head import TypeHead
 from training.artifacts import read_calibration, read_json
 from training.data import DatasetSplits, load_images
-from training.type_head import cross_validate, fit_logistic, image_evidence
+from training.type_head import cross_validate, fit_logistic, float_evidence
 
 #: Largest drop of the types' cross-validated macro F1 from float to exported features the gate lets through.
 MAX_F1_DROP = 0.05
@@ -101,12 +100,6 @@ def type_head_entry(
 
 def _float_types(folder: Path, head: TypeHead, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The float head's types on the float model's features (float backbone, the training run's float bank)."""
-    scorer_dir = folder.parent / read_calibration(folder)["scorer"]
-    params = read_calibration(scorer_dir)
-    index = NearestNeighbourIndex(np.load(scorer_dir / "memory_bank.npy"), threads=2)
     model = keras.models.load_model(folder / "model.keras", compile=False)
-    out = []
-    for image in images:
-        outputs = [np.asarray(o)[0] for o in model(normalise(image[None], spec), training=False)]
-        out.append(head.probabilities(image_evidence(outputs, index, params, spec.size)[0]).argmax())
-    return np.array(out)
+    features = float_evidence(model, images, spec, folder.parent / read_calibration(folder)["scorer"])[0]
+    return np.asarray(head.probabilities(features).argmax(axis=1))

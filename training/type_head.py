@@ -54,15 +54,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = L2, s
     return TypeHead([], mean.astype(f32), std.astype(f32), weights.astype(f32), bias.astype(f32))
 
 
-def build_feature_model(patchcore_dir: Path) -> tuple[keras.Model, PreprocessSpec, dict[str, Any]]:
-    """The scorer's backbone with :data:`DEEP_TAP` added as its last output; its pre-processing and parameters."""
+def build_feature_model(patchcore_dir: Path) -> tuple[keras.Model, PreprocessSpec]:
+    """The scorer's backbone with :data:`DEEP_TAP` added as its last output, and its pre-processing."""
     from training.backbones import get_backbone
 
     params = read_calibration(patchcore_dir)
     settings = params["settings"]
     taps = (*params["taps"], DEEP_TAP)
     model, _ = get_backbone(settings["backbone"], settings["size"], "imagenet", taps)
-    return model, PreprocessSpec.from_dict(read_json(patchcore_dir / "preprocess.json")), params
+    return model, PreprocessSpec.from_dict(read_json(patchcore_dir / "preprocess.json"))
 
 
 def image_evidence(
@@ -77,10 +77,11 @@ def image_evidence(
     return type_features(patches, distances, grid, deep), score
 
 
-def _evidence(
+def float_evidence(
     model: keras.Model, images: np.ndarray, spec: PreprocessSpec, patchcore_dir: Path
 ) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """Type features, image scores and the scorer's threshold for prepared images."""
+    """Type features, image scores and the scorer's threshold of prepared images, through the float model and the
+    PatchCore run's float bank."""
     params = read_calibration(patchcore_dir)
     index = NearestNeighbourIndex(np.load(patchcore_dir / "memory_bank.npy"), threads=2)
     features, scores = [], []
@@ -132,9 +133,9 @@ def train_type_head(splits: DatasetSplits, patchcore_dir: Path, out_dir: Path, f
         log.info("type head skipped: %d defect type(s) with %s images", len(types_present), counts)
         return None
     t0 = time.perf_counter()
-    model, spec, _ = build_feature_model(patchcore_dir)
+    model, spec = build_feature_model(patchcore_dir)
     images, kept = load_images(splits.test, spec, splits.skipped)
-    features, scores, threshold = _evidence(model, images, spec, patchcore_dir)
+    features, scores, threshold = float_evidence(model, images, spec, patchcore_dir)
     types = np.array([types_present.index(s.defect_type) if s.label == 1 else -1 for s in kept])
     result = cross_validate(features, types, len(types_present), scores >= threshold, folds)
     head = fit_logistic(features[types >= 0], types[types >= 0], len(types_present))
