@@ -10,8 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from edge_agent import systemd_notify
 from edge_agent.bundle import load_bundle
@@ -19,10 +23,12 @@ from edge_agent.config import AgentConfig, CameraConfig, FolderSourceConfig
 from edge_agent.delivery.mqtt import MQTTPublisher
 from edge_agent.delivery.s3 import S3Mirror
 from edge_agent.delivery.worker import DeliveryWorker
+from edge_agent.housekeeping import Housekeeper, Job
 from edge_agent.inspector import Inspector
 from edge_agent.metrics import MetricsServer, Registry
 from edge_agent.pipeline import CameraPipeline, Outputs
 from edge_agent.records import VerdictRecord
+from edge_agent.retention import Retention, RetentionReport
 from edge_agent.sources.base import Source, SourceItem
 from edge_agent.sources.folder import FolderSource
 from edge_agent.sources.stream import StreamSource
@@ -33,24 +39,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Camera:
-    """A running camera: its config, source, and one pipeline (own interpreters) per scoring thread."""
+    """A running camera: its config, source, and one pipeline (own interpreters) per scoring thread.
+
+    ``busy_since`` holds, per scoring thread, when its frame in hand started (absent when idle); ``last_item``
+    when the source last handed out a frame. ``health()`` reads both to see a hung call or a silent stream.
+    """
 
     cfg: CameraConfig
     source: Source
     pipelines: list[CameraPipeline]
     threads: list[threading.Thread] = field(default_factory=list)
-    last_frame: float = field(default_factory=time.monotonic)
+    busy_since: dict[int, float] = field(default_factory=dict)
+    last_item: float = field(default_factory=time.monotonic)
 
     @property
     def pipeline(self) -> CameraPipeline:
         """The first scoring pipeline (replay and tools use this one)."""
         return self.pipelines[0]
 
+    def frame_seconds(self, now: float) -> float:
+        """How long the oldest frame in hand has been scored (0 when idle)."""
+        return max((now - t for t in list(self.busy_since.values())), default=0.0)
+
 
 class Agent:
-    """Everything the edge agent runs, built from one validated config."""
+    """Everything the edge agent runs, built from one validated config.
 
-    def __init__(self, cfg: AgentConfig, on_verdict: Callable[[VerdictRecord], None] | None = None) -> None:
+    ``clock`` (UTC ``datetime``) dates verdicts, outbox rows and retention; tests inject one to run a month.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        on_verdict: Callable[[VerdictRecord], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.on_verdict = on_verdict
@@ -64,17 +87,28 @@ class Agent:
             [Inspector(bundle, threads=cfg.agent.threads) for _ in range(c.workers)]
             for c, bundle in zip(cfg.cameras, bundles, strict=True)
         ]
-        self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms)
+        self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms, clock=clock)
         channels = [c for c in (self.mqtt, self.s3) if c is not None]
         self.delivery = DeliveryWorker(self.store, channels, cfg.delivery)
+        batching = self.s3 is not None and cfg.s3.normal_verdicts == "batch"
         self.outputs = Outputs(
             name,
             self.mqtt.alert_topic if self.mqtt else None,
             self.s3.key_for if self.s3 else None,
             cfg.s3.upload_images,
             cfg.mqtt.qos,
+            batch_key=self.s3.batch_key if self.s3 is not None and batching else None,
         )
         self.cameras = [self._camera(c, i) for c, i in zip(cfg.cameras, inspectors, strict=True)]
+        for camera, bundle in zip(self.cameras, bundles, strict=True):
+            model = {"model": bundle.name, "version": bundle.version, "hash": bundle.digest}
+            self.registry.model.labels(camera=camera.cfg.id).info(model)
+        self.registry.add_collector(functools.partial(collect_state, self))
+        self.retention = Retention(cfg.retention, self.store, self._evidence_roots(), keep_unbatched=batching)
+        jobs = [Job("batches", cfg.s3.batch_seconds, self.batch_normals)] if batching else []
+        if cfg.retention.enabled:
+            jobs.append(Job("retention", cfg.retention.interval_seconds, self.apply_retention))
+        self.housekeeper = Housekeeper(jobs)
         self.metrics_server = (
             MetricsServer(self.registry, cfg.metrics.host, cfg.metrics.port, self.health)
             if cfg.metrics.enabled
@@ -85,7 +119,15 @@ class Agent:
     def _camera(self, cam: CameraConfig, inspectors: list[Inspector]) -> Camera:
         pipelines = [
             CameraPipeline(
-                cam, i, self.store, self.outputs, self.cfg.agent.data_dir, self._verdict, self.cfg.agent.min_free_mb
+                cam,
+                i,
+                self.store,
+                self.outputs,
+                self.cfg.agent.data_dir,
+                self._verdict,
+                self.cfg.agent.min_free_mb,
+                clock=self.store.now,
+                on_stage=self._stage_observer(cam.id),
             )
             for i in inspectors
         ]
@@ -97,38 +139,60 @@ class Agent:
         source.on_state(functools.partial(self._camera_state, cam.id))
         return Camera(cam, source, pipelines)
 
+    def _stage_observer(self, camera: str) -> Callable[[str, float], None]:
+        def observe(stage: str, seconds: float) -> None:
+            self.registry.stage.labels(camera=camera, stage=stage).observe(seconds)
+
+        return observe
+
+    def _evidence_roots(self) -> list[Path]:
+        """Folders retention manages: heatmaps, image copies and the done/ folders of moving folder cameras."""
+        data = self.cfg.agent.data_dir.resolve()
+        roots = [data / "heatmaps", data / "images"]
+        roots += [
+            c.source.done_dir
+            for c in self.cameras
+            if isinstance(c.source, FolderSource) and c.source.cfg.after == "move"
+        ]
+        return roots
+
     def _verdict(self, verdict: VerdictRecord) -> None:
-        self.registry.frames.inc(camera=verdict.camera)
-        self.registry.latency.observe(verdict.latency_ms, camera=verdict.camera)
+        self.registry.frames.labels(camera=verdict.camera).inc()
+        self.registry.latency.labels(camera=verdict.camera).observe(verdict.latency_ms / 1000.0)
         if verdict.anomalous:
-            self.registry.anomalies.inc(camera=verdict.camera)
+            self.registry.anomalies.labels(camera=verdict.camera).inc()
         self.delivery.wake()
         if self.on_verdict is not None:
             self.on_verdict(verdict)
 
     def _camera_state(self, camera: str, state: str) -> None:
         log.info("camera=%s state=%s", camera, state)
-        self.registry.camera_up.set(1.0 if state == "online" else 0.0, camera=camera)
         if self.mqtt is not None:
             self.mqtt.set_camera_status(camera, state)
 
-    def _run_camera(self, camera: Camera, pipeline: CameraPipeline) -> None:
+    def _run_camera(self, camera: Camera, index: int) -> None:
         """One scoring thread of a camera: score items until stopped; never dies on one bad frame.
 
         With several threads each runs its own ``items()`` loop on the shared source (the folder source's queue
         and the stream's buffer hand each item to one of them).
         """
+        pipeline = camera.pipelines[index]
         for item in camera.source.items(self.stop_event, timeout=0.5):
-            camera.last_frame = time.monotonic()
-            self._handle(camera, pipeline, item)
+            camera.last_item = camera.busy_since[index] = time.monotonic()
+            try:
+                self._handle(camera, pipeline, item)
+            finally:
+                camera.busy_since.pop(index, None)
 
     def _handle(self, camera: Camera, pipeline: CameraPipeline, item: SourceItem) -> None:
         frame = item.frame
         if item.image is None:
             log.warning("camera=%s frame=%s quarantined: %s", frame.camera, frame.frame_id, item.error)
-            self.registry.quarantined.inc(camera=frame.camera)
+            self.registry.quarantined.labels(camera=frame.camera, reason=item.reason or "unreadable").inc()
             camera.source.done(item, ok=False)
             return
+        if item.decode_seconds:
+            self.registry.stage.labels(camera=frame.camera, stage="decode").observe(item.decode_seconds)
         try:
             pipeline.process(frame, item.image)
         except Exception:  # one frame must never stop the line; the file stays for a retry
@@ -137,26 +201,74 @@ class Agent:
         camera.source.done(item, ok=True)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when every camera thread is alive; details for /healthz."""
-        threads = {c.cfg.id: bool(c.threads) and all(t.is_alive() for t in c.threads) for c in self.cameras}
-        depths = self.store.queue_depths()
-        for channel, depth in depths.items():
-            self.registry.queue_depth.set(depth, channel=channel)
-        if self.mqtt is not None:
-            self.registry.mqtt_connected.set(1.0 if self.mqtt.connected else 0.0)
-        return all(threads.values()), {"cameras": threads, "queues": depths}
+        """Healthy when every camera thread is alive, no frame is stuck and no stream camera is silent.
+
+        A folder camera without new files is idle, not unhealthy; a video file that ended is done.
+        """
+        now, agent = time.monotonic(), self.cfg.agent
+        cameras: dict[str, dict[str, Any]] = {}
+        for c in self.cameras:
+            alive = bool(c.threads) and all(t.is_alive() for t in c.threads)
+            in_hand = c.frame_seconds(now)
+            silent = now - c.last_item
+            watch_silence = isinstance(c.source, StreamSource) and c.source.state != "ended"
+            problems = [] if alive else ["scoring thread not running"]
+            if in_hand > agent.frame_timeout_seconds:
+                problems.append(f"frame in hand for {in_hand:.0f} s (limit {agent.frame_timeout_seconds:.0f} s)")
+            if watch_silence and silent > agent.stream_silence_seconds:
+                problems.append(f"no frame for {silent:.0f} s (limit {agent.stream_silence_seconds:.0f} s)")
+            cameras[c.cfg.id] = {
+                "healthy": not problems,
+                "state": c.source.state,
+                "frame_seconds": round(in_hand, 3),
+                "seconds_since_frame": round(silent, 3),
+                "problems": problems,
+            }
+        healthy = all(c["healthy"] for c in cameras.values())
+        return healthy, {"cameras": cameras, "queues": self.store.queue_depths()}
+
+    def batch_normals(self) -> int:
+        """Put every unbatched normal verdict into S3 batches (one per camera per call, split at 10,000)."""
+        total = 0
+        for camera in self.cameras:
+            while (n := self.store.batch_normals(camera.cfg.id, self.outputs.render_batch, 10_000)) > 0:
+                self.registry.batches.labels(camera=camera.cfg.id).inc()
+                total += n
+                if n < 10_000:
+                    break
+        if total:
+            self.delivery.wake()
+        return total
+
+    def apply_retention(self) -> RetentionReport:
+        """One retention pass, counted in the metrics."""
+        report = self.retention.run_once()
+        reg = self.registry
+        for kind, n in (
+            ("files", report.files_deleted),
+            ("verdicts", report.verdicts_deleted),
+            ("outbox", report.outbox_deleted),
+        ):
+            reg.retention_deleted.labels(kind=kind).inc(n)
+        reg.retention_freed.inc(report.bytes_freed)
+        reg.retention_seconds.observe(report.seconds)
+        reg.evidence_bytes.labels(files="all").set(report.files_bytes)
+        reg.evidence_bytes.labels(files="protected").set(report.protected_bytes)
+        return report
 
     def start(self) -> None:
-        """Start in order: store is ready, delivery, metrics, then the cameras."""
+        """Start in order: store is ready, delivery, housekeeping, metrics, then the cameras."""
         self.cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
         self.delivery.start()
+        self.housekeeper.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
         for camera in self.cameras:
             camera.source.start()
-            for n, pipeline in enumerate(camera.pipelines):
+            camera.last_item = time.monotonic()
+            for n in range(len(camera.pipelines)):
                 name = f"cam-{camera.cfg.id}-{n}"
-                camera.threads.append(threading.Thread(target=self._run_camera, args=(camera, pipeline), name=name))
+                camera.threads.append(threading.Thread(target=self._run_camera, args=(camera, n), name=name))
                 camera.threads[-1].start()
         systemd_notify.ready()
         log.info("agent %s started with %d camera(s)", self.cfg.agent.name, len(self.cameras))
@@ -167,9 +279,17 @@ class Agent:
             signal.signal(sig, lambda *_: self.stop_event.set())
         pinger = systemd_notify.Watchdog()
         while not self.stop_event.wait(1.0):
-            healthy, _ = self.health()
-            pinger.maybe_ping(healthy)
-            self._maybe_publish_stats()
+            self.tick(pinger)
+
+    def tick(self, pinger: systemd_notify.Watchdog) -> bool:
+        """One turn of the main loop: health, watchdog ping (only while healthy), stats; returns the health."""
+        healthy, details = self.health()
+        if not healthy and pinger.enabled:
+            problems = {cam: d["problems"] for cam, d in details["cameras"].items() if d["problems"]}
+            log.error("unhealthy: %s", problems)
+        pinger.maybe_ping(healthy)
+        self._maybe_publish_stats()
+        return healthy
 
     def _maybe_publish_stats(self) -> None:
         if self.mqtt is None or time.monotonic() - self._last_stats < self.cfg.mqtt.stats_interval_seconds:
@@ -178,7 +298,7 @@ class Agent:
         self.mqtt.publish_stats({"counts": self.store.counts(None), "queues": self.store.queue_depths()})
 
     def stop(self, flush_seconds: float = 10.0) -> None:
-        """Stop in reverse: cameras finish the frame in hand, delivery flushes, then MQTT says 'stopped'."""
+        """Stop in reverse: cameras finish the frame in hand, the last batch, delivery flushes, MQTT 'stopped'."""
         systemd_notify.stopping()
         self.stop_event.set()
         for camera in reversed(self.cameras):
@@ -187,11 +307,49 @@ class Agent:
                 thread.join(timeout=30)
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        self.housekeeper.stop()
+        if "batches" in self.housekeeper.jobs:
+            self.housekeeper.run_now("batches")
         self.delivery.stop(flush_seconds)
         if self.mqtt is not None:
             self.mqtt.close()
         self.store.close()
         log.info("agent %s stopped", self.cfg.agent.name)
+
+
+def collect_state(agent: Agent) -> list[Metric]:
+    """Scrape-time metrics: outbox depth and age, cameras, the sources' dropped frames, MQTT connection."""
+    now = time.monotonic()
+    depth = GaugeMetricFamily("linewatch_outbox_depth", "Outbox rows waiting, per channel.", labels=["channel"])
+    age = GaugeMetricFamily(
+        "linewatch_outbox_oldest_seconds", "Age of the oldest waiting outbox row, per channel.", labels=["channel"]
+    )
+    for channel, (n, oldest) in agent.store.queue_stats().items():
+        depth.add_metric([channel], n)
+        age.add_metric([channel], oldest)
+    up = GaugeMetricFamily("linewatch_camera_up", "1 while the camera's source is online.", labels=["camera"])
+    busy = GaugeMetricFamily(
+        "linewatch_camera_frame_seconds", "How long the frame in hand has been scored.", labels=["camera"]
+    )
+    since = GaugeMetricFamily(
+        "linewatch_camera_seconds_since_frame", "Seconds since the source last gave a frame.", labels=["camera"]
+    )
+    dropped = CounterMetricFamily(
+        "linewatch_dropped_frames", "Frames a source dropped, by reason.", labels=["camera", "reason"]
+    )
+    for c in agent.cameras:
+        up.add_metric([c.cfg.id], 1.0 if c.source.state == "online" else 0.0)
+        busy.add_metric([c.cfg.id], c.frame_seconds(now))
+        since.add_metric([c.cfg.id], now - c.last_item)
+        if isinstance(c.source, StreamSource):
+            dropped.add_metric([c.cfg.id, "overwritten"], c.source.dropped_frames)
+            dropped.add_metric([c.cfg.id, "bad_frame"], c.source.garbage_frames)
+    out: list[Metric] = [depth, age, up, busy, since, dropped]
+    if agent.mqtt is not None:
+        out.append(
+            GaugeMetricFamily("linewatch_mqtt_connected", "1 while connected.", value=float(agent.mqtt.connected))
+        )
+    return out
 
 
 def verdict_line(verdict: VerdictRecord) -> str:

@@ -171,6 +171,12 @@ class S3Config(S3Connection):
 
     enabled: bool = False
     upload_images: bool = Field(default=True, description="upload the original image of anomalous frames")
+    normal_verdicts: Literal["batch", "each"] = Field(
+        default="batch",
+        description="batch: normal verdicts go into one gzipped JSON-lines object per camera per interval; "
+        "each: one JSON object per frame (one PUT request per frame)",
+    )
+    batch_seconds: float = Field(default=60.0, ge=1.0, description="interval of the normal-verdict batches")
 
 
 class DeliveryConfig(StrictModel):
@@ -189,6 +195,28 @@ class MetricsConfig(StrictModel):
     port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
 
 
+class RetentionConfig(StrictModel):
+    """What the agent deletes, oldest first, so that months beside the line fit the disk.
+
+    Never deleted: an outbox row not yet delivered, a file such a row still points to, and verdicts (with their
+    files) that a person reviewed. ``null`` switches a limit off.
+    """
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=300.0, gt=0.0, description="time between retention passes")
+    files_max_age_days: float | None = Field(
+        default=30.0, gt=0.0, description="heatmaps, image copies and done/ files older than this are deleted"
+    )
+    files_max_mb: float | None = Field(
+        default=10_000.0, gt=0.0, description="disk for heatmaps, image copies and done/ files, all cameras"
+    )
+    verdicts_max_age_days: float | None = Field(default=90.0, gt=0.0, description="verdict rows older than this")
+    outbox_max_age_days: float | None = Field(
+        default=7.0, gt=0.0, description="delivered (or abandoned) outbox rows older than this"
+    )
+    batch_rows: int = Field(default=2000, ge=1, description="rows deleted per transaction (short write locks)")
+
+
 class AgentSection(StrictModel):
     """Identity and local folders of this agent."""
 
@@ -200,7 +228,12 @@ class AgentSection(StrictModel):
     min_free_mb: int = Field(
         default=200, ge=0, description="below this free space in data_dir, heatmaps and image copies are skipped"
     )
-    watchdog_seconds: float | None = Field(default=None, description="sd_notify WATCHDOG interval; from systemd")
+    frame_timeout_seconds: float = Field(
+        default=60.0, gt=0.0, description="a frame scored longer than this makes the agent unhealthy (hung call)"
+    )
+    stream_silence_seconds: float = Field(
+        default=120.0, gt=0.0, description="a stream camera silent this long makes the agent unhealthy"
+    )
 
 
 class AgentConfig(StrictModel):
@@ -213,6 +246,7 @@ class AgentConfig(StrictModel):
     s3: S3Config = Field(default_factory=S3Config)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> AgentConfig:

@@ -72,7 +72,11 @@ class FreeSpaceGuard:
 
 
 class Outputs:
-    """Where verdicts go: the outbox channels that are enabled and how keys and topics are formed."""
+    """Where verdicts go: the outbox channels that are enabled and how keys and topics are formed.
+
+    With ``batch_key`` (the S3 mirror's batch mode) a normal verdict gets no S3 row of its own: the housekeeper
+    puts it into a batch (:meth:`render_batch`); anomalous verdicts always get their own objects.
+    """
 
     def __init__(
         self,
@@ -81,16 +85,30 @@ class Outputs:
         s3_key: Callable[[str, datetime, str, str], str] | None,
         upload_images: bool = True,
         qos: int = 1,
+        batch_key: Callable[[VerdictRecord], str] | None = None,
     ) -> None:
         self.agent, self.alert_topic, self.s3_key = agent, alert_topic, s3_key
         self.upload_images, self.qos = upload_images, qos
+        self.batch_key = batch_key
+
+    def message_id(self, verdict: VerdictRecord) -> str:
+        """The id every copy of a verdict carries (MQTT alert, S3 record, batch line): agent:camera:frame."""
+        return f"{self.agent}:{verdict.camera}:{verdict.frame_id}"
+
+    def render_batch(self, verdicts: list[VerdictRecord]) -> tuple[str, str]:
+        """Key and JSON-lines payload of a batch of normal verdicts (the mirror gzips it on upload)."""
+        if self.batch_key is None:
+            msg = "batches need the S3 mirror in batch mode"
+            raise RuntimeError(msg)
+        lines = [json.dumps({**v.to_json_dict(), "message_id": self.message_id(v)}) for v in verdicts]
+        return self.batch_key(verdicts[0]), "\n".join(lines) + "\n"
 
     def messages(self, verdict: VerdictRecord) -> list[OutboxMessage]:
         """Outbox rows for one verdict: S3 record (+ image and heatmap when anomalous), MQTT alert."""
         out: list[OutboxMessage] = []
-        message_id = f"{self.agent}:{verdict.camera}:{verdict.frame_id}"
+        message_id = self.message_id(verdict)
         heatmap_key = None
-        if self.s3_key is not None:
+        if self.s3_key is not None and (verdict.anomalous or self.batch_key is None):
             key = self.s3_key
             out.append(
                 OutboxMessage(
@@ -134,8 +152,13 @@ class CameraPipeline:
         data_dir: Path,
         on_verdict: Callable[[VerdictRecord], None] | None = None,
         min_free_mb: int = 0,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self.camera, self.inspector, self.store, self.outputs = camera, inspector, store, outputs
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.on_stage = on_stage or (lambda stage, seconds: None)
         self.data_dir = data_dir
         self.space = FreeSpaceGuard(data_dir, min_free_mb)
         self.on_verdict = on_verdict
@@ -149,7 +172,10 @@ class CameraPipeline:
         if self.store.has_verdict(frame.camera, frame.frame_id):  # type: ignore[attr-defined]
             log.info("camera=%s frame=%s already scored, skipping", frame.camera, frame.frame_id)
             return None
+        started = time.perf_counter()
         result = self.inspector.inspect(image, self.camera.classify_all, self.threshold)
+        scored = time.perf_counter()
+        self.on_stage("score", scored - started)
         anomalous = result.anomalous
         heatmap_path = image_path = None
         wants_heatmap = self.camera.save_heatmaps == "all" or (anomalous and self.camera.save_heatmaps == "anomalous")
@@ -158,12 +184,13 @@ class CameraPipeline:
                 heatmap_path = self._save_heatmap(frame, image, result)
             if anomalous:
                 image_path = self._keep_original(frame, image)
+            self.on_stage("evidence", time.perf_counter() - scored)
         verdict = VerdictRecord(
             camera=frame.camera,
             source=frame.source,
             frame_id=frame.frame_id,
             captured_at=frame.captured_at,
-            processed_at=datetime.now(UTC),
+            processed_at=self.clock(),
             model_name=self.model[0],
             model_version=self.model[1],
             model_hash=self.model[2],
@@ -177,7 +204,9 @@ class CameraPipeline:
             image_path=image_path or frame.image_path,
             latency_ms=result.latency_ms,
         )
+        stored = time.perf_counter()
         _, created = self.store.record(verdict, self.outputs.messages(verdict))  # type: ignore[attr-defined]
+        self.on_stage("store", time.perf_counter() - stored)
         if created and self.on_verdict is not None:
             self.on_verdict(verdict)
         return verdict if created else None
@@ -194,6 +223,7 @@ class CameraPipeline:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), overlay, params):
                 raise OSError(f"cv2.imwrite refused {path}")
+            _date_file(path, frame)
         except OSError as err:
             log.error("camera=%s frame=%s heatmap not saved (%s); verdict kept", frame.camera, frame.frame_id, err)
             return None
@@ -213,7 +243,14 @@ class CameraPipeline:
                 target = folder / f"{safe_name(frame.frame_id)}.jpg"
                 if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
                     raise OSError(f"cv2.imwrite refused {target}")
+            _date_file(target, frame)
         except OSError as err:
             log.error("camera=%s frame=%s original not kept (%s)", frame.camera, frame.frame_id, err)
             return None
         return str(target)
+
+
+def _date_file(path: Path, frame: Frame) -> None:
+    """Give an evidence file its frame's capture time, so retention ages it like the frame it shows."""
+    stamp = frame.captured_at.timestamp()
+    os.utime(path, (stamp, stamp))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,9 @@ from edge_agent.records import Channel, OutboxMessage, VerdictRecord
 log = logging.getLogger(__name__)
 
 CHANNELS: tuple[Channel, ...] = ("mqtt", "s3")
+#: Normal verdicts not yet in an S3 batch (the partial index's condition; queries use the same text).
+UNBATCHED = text("batch_id IS NULL AND anomalous = false")
+Clock = Callable[[], datetime]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -77,6 +81,7 @@ class Verdict(Base):
         Index("ix_verdicts_processed_at", "processed_at"),
         Index("ix_verdicts_camera", "camera"),
         Index("ix_verdicts_anomalous", "anomalous"),
+        Index("ix_verdicts_unbatched", "camera", "id", sqlite_where=UNBATCHED, postgresql_where=UNBATCHED),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -97,6 +102,7 @@ class Verdict(Base):
     heatmap_path: Mapped[str | None] = mapped_column(Text)
     image_path: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[float] = mapped_column(Float)
+    batch_id: Mapped[int | None] = mapped_column(Integer)  # outbox row of the S3 batch holding this normal verdict
 
 
 class Outbox(Base):
@@ -108,11 +114,12 @@ class Outbox(Base):
         CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="ck_outbox_status"),
         Index("ix_outbox_verdict_id", "verdict_id"),
         Index("ix_outbox_pending", "channel", "status", "next_attempt_at", "id"),
+        Index("ix_outbox_finished", "status", "created_at"),
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"))
+    verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"))  # None: a batch
     channel: Mapped[str] = mapped_column(String(8))
     key: Mapped[str] = mapped_column(String(1024))
     topic: Mapped[str | None] = mapped_column(String(512))
@@ -152,7 +159,7 @@ class OutboxItem:
     """Detached copy of one pending outbox row, handed to the delivery worker."""
 
     id: int
-    verdict_id: int
+    verdict_id: int | None
     channel: str
     key: str
     topic: str | None
@@ -185,8 +192,9 @@ def sqlite_path(url: str) -> Path | None:
 class Store:
     """Verdicts and outbox behind one engine; one session per call, safe for a writer and a delivery thread."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, url: str, busy_timeout_ms: int = 5000, clock: Clock | None = None) -> None:
         self.url = url
+        self.now: Clock = clock or _now  # injected by tests that run a simulated month
         self.path = sqlite_path(url)
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         existed = self.path is not None and self.path.exists() and self.path.stat().st_size > 0
@@ -198,13 +206,15 @@ class Store:
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_pragmas(self.engine, busy_timeout_ms)
+            if self.path is not None:
+                _incremental_vacuum_mode(self.engine, self.path, existed)
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(self.engine.execution_options(linewatch_write=True), expire_on_commit=False)
         migrations.migrate_to_head(self.engine.execution_options(linewatch_write=True), self.path if existed else None)
 
     def record(self, verdict: VerdictRecord, messages: list[OutboxMessage]) -> tuple[int, bool]:
         """Write a verdict and its outbox rows in one transaction; (existing id, False) if the frame is known."""
-        now = _now()
+        now = self.now()
         try:
             with self._writer.begin() as session:
                 existing = self._verdict_id(session, verdict.camera, verdict.frame_id)
@@ -252,7 +262,7 @@ class Store:
 
         A row in back-off holds back every later row of its channel, so delivery stays in strict order.
         """
-        now = now or _now()
+        now = now or self.now()
         waiting = (
             select(func.min(Outbox.id))
             .where(Outbox.channel == channel, Outbox.status == "pending", Outbox.next_attempt_at > now)
@@ -271,7 +281,7 @@ class Store:
 
     def mark_delivered(self, item_id: int) -> None:
         """Mark an outbox row delivered."""
-        self._update(item_id, status="delivered", delivered_at=_now(), last_error=None)
+        self._update(item_id, status="delivered", delivered_at=self.now(), last_error=None)
 
     def mark_failed(self, item_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt and schedule the next one at ``retry_at``."""
@@ -284,6 +294,53 @@ class Store:
     def _update(self, item_id: int, **values: Any) -> None:
         with self._writer.begin() as session:
             session.execute(update(Outbox).where(Outbox.id == item_id).values(**values))
+
+    def batch_normals(self, camera: str, render: Callable[[list[VerdictRecord]], tuple[str, str]], limit: int) -> int:
+        """Put up to ``limit`` unbatched normal verdicts of ``camera`` into one S3 outbox row; return how many.
+
+        ``render(records)`` gives the row's key and payload. Row and ``batch_id`` marks are one transaction, so
+        every normal verdict lands in exactly one batch.
+        """
+        stmt = select(Verdict).where(Verdict.camera == camera, UNBATCHED).order_by(Verdict.id).limit(limit)
+        with self._writer.begin() as session:
+            rows = session.scalars(stmt).all()
+            if not rows:
+                return 0
+            key, payload = render([VerdictRecord(**{n: getattr(r, n) for n in _VERDICT_FIELDS}) for r in rows])
+            now = self.now()
+            batch = Outbox(
+                verdict_id=None,
+                channel="s3",
+                key=key,
+                topic=None,
+                payload=payload,
+                file_path=None,
+                content_type="application/x-ndjson",
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            session.add(batch)
+            session.flush()
+            ids = [r.id for r in rows]
+            session.execute(update(Verdict).where(Verdict.id.in_(ids)).values(batch_id=batch.id))
+            return len(rows)
+
+    def queue_stats(self) -> dict[str, tuple[int, float]]:
+        """Pending rows and the age in seconds of the oldest one, per channel (every channel listed)."""
+        stmt = (
+            select(Outbox.channel, func.count(), func.min(Outbox.created_at))
+            .where(Outbox.status == "pending")
+            .group_by(Outbox.channel)
+        )
+        now = self.now()
+        with self._reader() as session:
+            found = {
+                channel: (int(n), max(0.0, (now - oldest).total_seconds()))
+                for channel, n, oldest in session.execute(stmt)
+            }
+        return {channel: found.get(channel, (0, 0.0)) for channel in (*CHANNELS, *found)}
 
     def queue_depths(self) -> dict[str, int]:
         """Pending outbox rows per channel (every channel listed, zero when empty)."""
@@ -318,6 +375,27 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+
+
+def _incremental_vacuum_mode(engine: Any, path: Path, existed: bool) -> None:
+    """``auto_vacuum = INCREMENTAL`` so that retention can give deleted pages back without stopping writers.
+
+    Switching needs a VACUUM (instant on a new file; once, logged, on an older one). A damaged file is left as it
+    is: the integrity check reports it.
+    """
+    raw = engine.raw_connection()  # outside SQLAlchemy's transaction: VACUUM cannot run inside one
+    try:
+        conn: Any = raw.driver_connection
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        if existed:
+            log.info("database %s: one-time VACUUM to switch on incremental vacuum (retention)", path)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    except sqlite3.DatabaseError as err:
+        log.error("database %s: incremental vacuum not switched on: %s", path, err)
+    finally:
+        raw.close()
 
 
 def _install_sqlite_pragmas(engine: Any, busy_timeout_ms: int) -> None:

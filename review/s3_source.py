@@ -1,7 +1,9 @@
 """Reading verdicts from the agents' S3 mirror instead of their databases.
 
-The agent mirrors each verdict as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with, for
-anomalous frames, ``<frame>.heatmap.jpg`` (or ``.png``) and the original (``<frame><ext>``) beside it. A sync copies new
+The agent mirrors each anomalous verdict as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with
+``<frame>.heatmap.jpg`` (or ``.png``) and the original (``<frame><ext>``) beside it; normal verdicts come in
+gzipped JSON-lines batches (``batch-<HHMMSS>-<hash>.jsonl.gz``, one record per line) in the same folders, or as
+single ``.json`` records when the agent runs with ``normal_verdicts: each``. A sync copies new
 records into the review's own database (``database.url``, created and migrated like the agent's) and the
 images into ``cache_dir``, so the queue, statistics and feedback work the same for both sources. S3 itself
 is only read.
@@ -9,6 +11,7 @@ is only read.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from dataclasses import dataclass, fields
@@ -18,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from edge_agent.delivery.s3 import BATCH_SUFFIX
 from edge_agent.records import VerdictRecord
 from edge_agent.secrets import read_secret, redact
 from edge_agent.store import Verdict
@@ -34,6 +38,7 @@ class SyncReport:
     """Outcome of one sync."""
 
     listed: int = 0
+    batches: int = 0
     added: int = 0
     known: int = 0
     errors: int = 0
@@ -94,6 +99,8 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
         known = {(c, f) for c, f in conn.execute(select(Verdict.camera, Verdict.frame_id))}
     records = [k for k in keys if k.endswith(".json")][: cfg.max_objects]
     report.listed = len(records)
+    for key in [k for k in keys if k.endswith(BATCH_SUFFIX)][: cfg.max_objects]:
+        _sync_batch(client, cfg.bucket, key, store, known, report, secrets)
     for key in records:
         try:
             record = parse_record(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read())
@@ -116,3 +123,37 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
             log.warning("S3 record %s not copied: %s", key, redact(str(err), secrets))
     log.info("S3 sync of %s/%s: %s", cfg.bucket, cfg.prefix, report)
     return report
+
+
+def _sync_batch(
+    client: Any,
+    bucket: str,
+    key: str,
+    store: ReviewStore,
+    known: set[tuple[str, str]],
+    report: SyncReport,
+    secrets: list[str | None],
+) -> None:
+    """Copy the normal verdicts of one batch object that are not in ``store`` yet (no images: they are normal)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        lines = gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+    except (BotoCoreError, ClientError, OSError, EOFError) as err:
+        report.errors += 1
+        log.warning("S3 batch %s not read: %s", key, redact(str(err), secrets))
+        return
+    report.batches += 1
+    for number, line in enumerate(lines, 1):
+        try:
+            record = parse_record(line)
+        except (ValueError, KeyError, TypeError) as err:
+            report.errors += 1
+            log.warning("S3 batch %s line %d skipped: %s", key, number, err)
+            continue
+        if (record.camera, record.frame_id) in known:
+            report.known += 1
+            continue
+        _, created = store.store.record(record, [])
+        report.added += int(created)
+        known.add((record.camera, record.frame_id))

@@ -5,6 +5,8 @@ Timeouts are short and botocore's own retries few: the outbox does the retrying,
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +18,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_agent.config import S3Config, S3Connection
 from edge_agent.delivery import DELIVERED, Delivery, DeliveryResult
-from edge_agent.records import safe_name
+from edge_agent.records import VerdictRecord, safe_name
 from edge_agent.secrets import read_secret, redact
 from edge_agent.store import OutboxItem
 
 log = logging.getLogger(__name__)
 
 WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+BATCH_SUFFIX = ".jsonl.gz"
 
 
 def quiet_wire_logs() -> None:
@@ -74,6 +77,16 @@ class S3Mirror:
         day = captured_at.astimezone(UTC) if captured_at.tzinfo else captured_at
         return f"{self.cfg.prefix}{self.agent}/{camera}/{day:%Y/%m/%d}/{safe_name(frame_id)}{suffix}"
 
+    def batch_key(self, first: VerdictRecord) -> str:
+        """Key of a batch of normal verdicts: ``<day folder>/batch-<HHMMSS>-<hash of the first frame><BATCH_SUFFIX>``.
+
+        Named by its first verdict (UTC processing time and a hash of the frame id), so a redelivered batch
+        overwrites its own object and two batches never share a key.
+        """
+        day = first.processed_at.astimezone(UTC) if first.processed_at.tzinfo else first.processed_at
+        digest = hashlib.sha256(f"{first.camera}\0{first.frame_id}".encode()).hexdigest()[:12]
+        return f"{self.cfg.prefix}{self.agent}/{first.camera}/{day:%Y/%m/%d}/batch-{day:%H%M%S}-{digest}{BATCH_SUFFIX}"
+
     def ensure_bucket(self) -> bool:
         """Create the bucket when it does not exist; False (logged) when S3 cannot be reached or refuses."""
         self._bucket_ready = self._ensure_bucket()
@@ -124,7 +137,12 @@ class S3Mirror:
         if not self._bucket_ready and not self.ensure_bucket():
             return self._fail(item, DeliveryResult.RETRY, f"bucket {self.cfg.bucket} not available")
         try:
-            self.client.put_object(Bucket=self.cfg.bucket, Key=item.key, Body=body, ContentType=item.content_type)
+            self.client.put_object(
+                Bucket=self.cfg.bucket,
+                Key=item.key,
+                Body=body,
+                ContentType="application/gzip" if item.key.endswith(BATCH_SUFFIX) else item.content_type,
+            )
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 self._bucket_ready = False  # check (and create) it again before the next attempt
@@ -147,6 +165,8 @@ class S3Mirror:
 
     @staticmethod
     def _body(item: OutboxItem) -> bytes:
+        if item.payload is not None and item.key.endswith(BATCH_SUFFIX):
+            return gzip.compress(item.payload.encode("utf-8"), mtime=0)  # same bytes on every attempt
         if item.payload is not None:
             return item.payload.encode("utf-8")
         if item.file_path:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from edge_agent.backoff import backoff_delay
 from edge_agent.config import DeliveryConfig
@@ -115,7 +115,7 @@ class DeliveryWorker:
             self._count(item.channel, "dead")
             return True
         delay = backoff_delay(item.attempts, self.cfg.retry_min_seconds, self.cfg.retry_max_seconds)
-        self.store.mark_failed(item.id, reason, datetime.now(UTC) + timedelta(seconds=delay))
+        self.store.mark_failed(item.id, reason, self.store.now() + timedelta(seconds=delay))
         self._count(item.channel, "failed")
         log.info(
             "%s row %d not delivered (attempt %d): %s; retry in %.1f s",

@@ -21,11 +21,17 @@ SourceState = Literal["online", "offline", "stalled", "ended"]
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One frame from a source: ``image`` is RGB uint8 when decoded, else ``error`` says why not."""
+    """One frame from a source: ``image`` is RGB uint8 when decoded, else ``error`` says why not.
+
+    ``reason`` is the error's kind for metrics (``undecodable``, ``unreadable``, ``symlink``); ``decode_seconds``
+    the time spent reading and decoding.
+    """
 
     frame: Frame
     image: np.ndarray | None
     error: str | None = None
+    reason: str | None = None
+    decode_seconds: float = 0.0
 
 
 class Source(ABC):

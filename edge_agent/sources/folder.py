@@ -214,22 +214,24 @@ class FolderSource(Source):
                 self._claimed.pop(fid, None)
 
     def _load(self, fid: str, path: Path) -> SourceItem | None:
+        started = time.perf_counter()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
         except OSError as err:
             frame = Frame(self.camera, "folder", fid, datetime.now(UTC), str(path))
-            return SourceItem(frame, None, f"{path}: cannot stat ({err.strerror})")
+            return SourceItem(frame, None, f"{path}: cannot stat ({err.strerror})", "unreadable")
         frame = Frame(self.camera, "folder", fid, datetime.fromtimestamp(st.st_mtime, UTC), str(path))
         if stat.S_ISLNK(st.st_mode):
-            return SourceItem(frame, None, SYMLINK_REASON)
+            return SourceItem(frame, None, SYMLINK_REASON, "symlink")
         try:
-            return SourceItem(frame, decode_image(_read_regular(path), str(path)), None)
+            image = decode_image(_read_regular(path), str(path))
         except OSError as err:
-            return SourceItem(frame, None, f"{path}: cannot read ({err.strerror or err})")
+            return SourceItem(frame, None, f"{path}: cannot read ({err.strerror or err})", "unreadable")
         except Exception as err:  # ImageDecodeError, or anything OpenCV throws at hostile bytes
-            return SourceItem(frame, None, str(err))
+            return SourceItem(frame, None, str(err), "undecodable")
+        return SourceItem(frame, image, decode_seconds=time.perf_counter() - started)
 
     def _release(self, fid: str | None) -> None:
         """A handed-out item that was never ``done`` (scoring failed): hand it out again after a pause."""

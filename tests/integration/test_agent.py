@@ -5,13 +5,16 @@ The broker and S3 go down mid-run; afterwards every anomalous verdict has exactl
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
@@ -66,6 +69,12 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
         moto_s3.start()
         wait_until(lambda: agent.store.queue_depths() == {"mqtt": 0, "s3": 0}, 60, "outbox to drain")
         metrics_port = agent.metrics_server.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            scraped = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(resp.read().decode("utf-8"))
+                for s in family.samples
+            }
     finally:
         agent.stop()
     wait_until(lambda: len(set(collector.message_ids())) >= 1, 10, "alerts")
@@ -94,4 +103,20 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
         assert stem.startswith("it/cam1/")
         assert stem.replace(".json", ".heatmap.jpg") in keys
     assert not list(incoming.glob("*.png"))
-    assert metrics_port > 0
+    # normal verdicts: batched when the agent stopped (S3 back up), each in exactly one gzipped JSON-lines object
+    batches = [k for k in keys if k.endswith(".jsonl.gz")]
+    assert batches and all(k.startswith("it/cam1/") for k in batches)
+    lines = [
+        json.loads(line)
+        for k in batches
+        for line in gzip.decompress(s3.get_object(Bucket="lw-test", Key=k)["Body"].read()).splitlines()
+    ]
+    normal = sorted(f"it:cam1:{r[0]}" for r in rows if not r[1])
+    assert sorted(line["message_id"] for line in lines) == normal
+    assert not any(k.endswith(f"{r[0]}.json") for r in rows if not r[1] for k in keys)  # no per-frame object
+    # /metrics parsed with prometheus_client's parser
+    assert scraped[("linewatch_frames_total", (("camera", "cam1"),))] == len(images)
+    assert scraped[("linewatch_anomalies_total", (("camera", "cam1"),))] == len(anomalous)
+    assert scraped[("linewatch_outbox_depth", (("channel", "s3"),))] == 0
+    assert scraped[("linewatch_stage_seconds_count", (("camera", "cam1"), ("stage", "score")))] == len(images)
+    assert ("linewatch_mqtt_connected", ()) in scraped
