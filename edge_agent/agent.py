@@ -115,6 +115,7 @@ class Agent:
             else None
         )
         self._last_stats = time.monotonic()
+        self._healthy = True
 
     def _camera(self, cam: CameraConfig, inspectors: list[Inspector]) -> Camera:
         pipelines = [
@@ -214,9 +215,9 @@ class Agent:
             watch_silence = isinstance(c.source, StreamSource) and c.source.state != "ended"
             problems = [] if alive else ["scoring thread not running"]
             if in_hand > agent.frame_timeout_seconds:
-                problems.append(f"frame in hand for {in_hand:.0f} s (limit {agent.frame_timeout_seconds:.0f} s)")
+                problems.append(f"frame in hand for {in_hand:.1f} s (limit {agent.frame_timeout_seconds:g} s)")
             if watch_silence and silent > agent.stream_silence_seconds:
-                problems.append(f"no frame for {silent:.0f} s (limit {agent.stream_silence_seconds:.0f} s)")
+                problems.append(f"no frame for {silent:.1f} s (limit {agent.stream_silence_seconds:g} s)")
             cameras[c.cfg.id] = {
                 "healthy": not problems,
                 "state": c.source.state,
@@ -284,9 +285,10 @@ class Agent:
     def tick(self, pinger: systemd_notify.Watchdog) -> bool:
         """One turn of the main loop: health, watchdog ping (only while healthy), stats; returns the health."""
         healthy, details = self.health()
-        if not healthy and pinger.enabled:
+        if not healthy and self._healthy:  # logged when it turns, not on every tick
             problems = {cam: d["problems"] for cam, d in details["cameras"].items() if d["problems"]}
-            log.error("unhealthy: %s", problems)
+            log.error("agent unhealthy: %s", problems)
+        self._healthy = healthy
         pinger.maybe_ping(healthy)
         self._maybe_publish_stats()
         return healthy

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Select, delete, exists, or_, select
 
 from edge_agent.config import RetentionConfig
-from edge_agent.store import UNBATCHED, Feedback, Outbox, Store, Verdict
+from edge_agent.store import Feedback, Outbox, Store, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Retention:
         reviewed = exists().where(Feedback.verdict_id == Verdict.id)
         stmt = select(Verdict.id).where(Verdict.processed_at < before, ~pending, ~reviewed).order_by(Verdict.id)
         if self.keep_unbatched:
-            stmt = stmt.where(~UNBATCHED)
+            stmt = stmt.where(or_(Verdict.anomalous.is_(True), Verdict.batch_id.is_not(None)))  # not UNBATCHED
         return stmt
 
     def _delete_chunks(self, stmt: Select[Any], table: type[Outbox] | type[Verdict]) -> int:

@@ -6,6 +6,7 @@ times out raises TimeoutError. ``tests/services.py`` wraps the services as pytes
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -18,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,3 +304,18 @@ class Subscriber:
         """Disconnect and stop the network loop."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def small_fs(path: Path, size_kb: int, read_only: bool = False) -> Iterator[Path | None]:
+    """A real tmpfs of ``size_kb`` at ``path`` (root), unmounted afterwards; None when mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size_kb}k" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

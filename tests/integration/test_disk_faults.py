@@ -7,10 +7,8 @@ case) when this process may mount, else a real folder made unwritable with chmod
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,21 +21,7 @@ from edge_agent.pipeline import CameraPipeline, FreeSpaceGuard, Outputs
 from edge_agent.preprocess import read_image
 from edge_agent.records import Frame
 from edge_agent.store import Store
-
-
-@contextlib.contextmanager
-def small_fs(path: Path, size_kb: int, read_only: bool = False):
-    """A real tmpfs of ``size_kb`` at ``path`` (root), unmounted afterwards; None when mounting is not allowed."""
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size_kb}k" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, check=False)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+from tests.harness import small_fs
 
 
 @pytest.fixture(scope="module")
