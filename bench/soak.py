@@ -10,6 +10,8 @@ Figures are printed, not asserted against the clock; the exit code is non-zero w
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import os
 import random
 import shutil
@@ -36,6 +38,7 @@ from bench.soak_parts import (
     verdict_count,
     write_video,
 )
+from edge_agent.delivery.s3 import BATCH_SUFFIX
 from edge_agent.records import safe_name
 from tests.harness import Subscriber, wait_until
 
@@ -68,7 +71,7 @@ def agent_config(work: Path, bundle: Path, broker: int, s3_url: str, video: Path
         "database": {"url": f"sqlite:///{work / 'agent.db'}"},
         "cameras": cameras,
         "mqtt": {"enabled": True, "port": broker, "prefix": "lw", "stats_interval_seconds": 10},
-        "s3": {"enabled": True, "bucket": BUCKET, "endpoint_url": s3_url},
+        "s3": {"enabled": True, "bucket": BUCKET, "endpoint_url": s3_url, "batch_seconds": 5},
         "delivery": {"retry_min_seconds": 0.5, "retry_max_seconds": 4.0},
         "metrics": {"enabled": False},
     }
@@ -106,22 +109,34 @@ class Feeder(threading.Thread):
 
 
 def queues_empty(db: Path) -> bool:
-    """True when no outbox row waits for delivery."""
+    """True when no outbox row waits for delivery and every normal verdict is in a batch."""
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-        return conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0] == 0
+        pending = conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+        unbatched = conn.execute("SELECT count(*) FROM verdicts WHERE batch_id IS NULL AND NOT anomalous").fetchone()[0]
+    return pending == 0 and unbatched == 0
 
 
-def s3_keys(endpoint: str) -> list[str]:
-    """Every object key in the soak bucket."""
+def s3_contents(endpoint: str) -> tuple[list[str], list[str]]:
+    """Every object key in the soak bucket, and the message ids in its batches (one per normal verdict line)."""
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
         keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
+    batched = [
+        json.loads(line)["message_id"]
+        for key in keys
+        if key.endswith(BATCH_SUFFIX)
+        for line in gzip.decompress(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).splitlines()
+    ]
+    return keys, batched
 
 
 def check(
-    work: Path, expected: dict[str, set[str]], broken: set[str], receiver: Subscriber, keys: list[str]
+    work: Path,
+    expected: dict[str, set[str]],
+    broken: set[str],
+    receiver: Subscriber,
+    s3: tuple[list[str], list[str]],
 ) -> tuple[list[str], list[str]]:
     """Compare what the agent stored and delivered with what was fed; returns (lines, failures)."""
     lines: list[str] = []
@@ -150,16 +165,27 @@ def check(
     )
     if set(delivered) != anomalous:
         failures.append(f"alerts: {len(anomalous - set(delivered))} missing, {len(set(delivered) - anomalous)} extra")
-    want_keys = {f"{safe_name(r[1])}.json" for r in rows}
+    keys, batched = s3
+    batches = [k for k in keys if k.endswith(BATCH_SUFFIX)]
+    want_keys = {f"{safe_name(r[1])}.json" for r in rows if r[2]}
     want_keys |= {f"{safe_name(r[1])}.heatmap{Path(r[3]).suffix}" for r in rows if r[2] and r[3]}
     want_keys |= {f"{safe_name(r[1])}{Path(r[4]).suffix.lower()}" for r in rows if r[2] and r[4]}
-    got_keys = [k.rsplit("/", 1)[1] for k in keys]
+    got_keys = [k.rsplit("/", 1)[1] for k in keys if not k.endswith(BATCH_SUFFIX)]
     lines.append(
-        f"S3: {len(want_keys)} objects expected, {len(keys)} stored, "
+        f"S3 anomaly objects: {len(want_keys)} expected, {len(got_keys)} stored, "
         f"{len(want_keys - set(got_keys))} missing, {len(got_keys) - len(set(got_keys))} duplicate names"
     )
     if want_keys != set(got_keys) or len(got_keys) != len(set(got_keys)):
-        failures.append("S3 objects do not match the verdicts")
+        failures.append("S3 objects do not match the anomalous verdicts")
+    normal = {f"{AGENT}:{r[0]}:{r[1]}" for r in rows if not r[2]}
+    in_batches = Counter(batched)
+    twice = sum(1 for n in in_batches.values() if n > 1)
+    lines.append(
+        f"S3 batches: {len(batches)} objects holding {len(batched)} normal verdicts of {len(normal)}; "
+        f"{len(normal - set(in_batches))} missing, {len(set(in_batches) - normal)} unexpected, {twice} in two batches"
+    )
+    if set(in_batches) != normal or twice:
+        failures.append("S3 batches do not hold every normal verdict exactly once")
     left = sorted(p.name for p in (work / "incoming").iterdir())
     quarantined = {p.name for p in (work / "quarantine").glob("*") if not p.name.endswith(".reason.txt")}
     lines.append(
@@ -218,12 +244,12 @@ def soak(args: argparse.Namespace, work: Path) -> list[str]:
         time.sleep(2.0)  # the last QoS 1 acknowledgements
         code = agent.terminate()
         receiver.close()
-        keys = s3_keys(s3_url)
+        s3_objects = s3_contents(s3_url)
     broker.stop()
     expected = {"folder-cam": feeder.valid}
     if video is not None:
         expected["stream-cam"] = {f"{video.name}#{i:07d}" for i in range(stream_frames)}
-    lines, failures = check(work, expected, feeder.broken, receiver, keys)
+    lines, failures = check(work, expected, feeder.broken, receiver, s3_objects)
     print(f"\n## Soak: {total} real frames ({folder_frames} folder + {stream_frames} stream) + {args.corrupt} broken")
     print(f"- faults: {agent.starts - 1} SIGKILLs, {broker.restarts} broker restarts, {link.outages} S3 outage")
     print(
@@ -263,9 +289,9 @@ def burst(args: argparse.Namespace, work: Path) -> list[str]:
         time.sleep(2.0)
         agent.terminate()
         receiver.close()
-        keys = s3_keys(s3_url)
+        s3_objects = s3_contents(s3_url)
     broker.stop()
-    lines, failures = check(work, {"folder-cam": set(names)}, set(), receiver, keys)
+    lines, failures = check(work, {"folder-cam": set(names)}, set(), receiver, s3_objects)
     print(f"\n## Burst: {len(names)} files dropped at once")
     print(
         f"- scored in {seconds:.0f} s ({len(names) / seconds:.1f} frames/s); agent RSS idle {idle_rss:.0f} MB, "

@@ -27,7 +27,7 @@ class Housekeeper:
 
     def __init__(self, jobs: list[Job], tick: float = 0.5) -> None:
         self.jobs = {job.name: job for job in jobs}
-        self.tick = tick
+        self.tick = min([tick, *(job.interval / 2 for job in jobs)])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one job at a time, also for run_now() from another thread

@@ -102,7 +102,7 @@ def test_a_month_under_quota_with_s3_down(tmp_path, bottle_bundle, datasets_root
                 "s3": {"enabled": True, "bucket": "lw-month", "endpoint_url": moto_s3.endpoint_url, "batch_seconds": 1},
                 "delivery": {"retry_min_seconds": 0.2, "retry_max_seconds": 1.0},
                 "retention": {
-                    "interval_seconds": 0.3,
+                    "interval_seconds": 0.1,
                     "files_max_age_days": 7,
                     "files_max_mb": QUOTA_MB,
                     "verdicts_max_age_days": 14,
