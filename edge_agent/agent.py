@@ -10,12 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from edge_agent import systemd_notify
 from edge_agent.bundle import load_bundle
@@ -26,12 +23,14 @@ from edge_agent.delivery.worker import DeliveryWorker
 from edge_agent.housekeeping import Housekeeper, Job
 from edge_agent.inspector import Inspector
 from edge_agent.metrics import MetricsServer, Registry
-from edge_agent.pipeline import CameraPipeline, Outputs
+from edge_agent.pipeline import ActiveModel, CameraPipeline, Outputs
 from edge_agent.records import VerdictRecord
 from edge_agent.retention import Retention, RetentionReport
+from edge_agent.rollout import BundleWatcher
 from edge_agent.sources.base import Source, SourceItem
 from edge_agent.sources.folder import FolderSource
 from edge_agent.sources.stream import StreamSource
+from edge_agent.state_metrics import collect_state
 from edge_agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -100,14 +99,16 @@ class Agent:
             batch_key=self.s3.batch_key if self.s3 is not None and batching else None,
         )
         self.cameras = [self._camera(c, i) for c, i in zip(cfg.cameras, inspectors, strict=True)]
-        for camera, bundle in zip(self.cameras, bundles, strict=True):
-            model = {"model": bundle.name, "version": bundle.version, "hash": bundle.digest}
-            self.registry.model.labels(camera=camera.cfg.id).info(model)
+        self.rollout = BundleWatcher([(c.cfg, c.pipelines) for c in self.cameras], cfg.agent.threads, self._swapped)
+        for camera in self.cameras:
+            self._announce_model(camera.cfg.id, camera.pipeline.active)
         self.registry.add_collector(functools.partial(collect_state, self))
         self.retention = Retention(cfg.retention, self.store, self._evidence_roots(), keep_unbatched=batching)
         jobs = [Job("batches", cfg.s3.batch_seconds, self.batch_normals)] if batching else []
         if cfg.retention.enabled:
             jobs.append(Job("retention", cfg.retention.interval_seconds, self.apply_retention))
+        if cfg.agent.bundle_poll_seconds is not None:
+            jobs.append(Job("bundles", cfg.agent.bundle_poll_seconds, self.rollout.check))
         self.housekeeper = Housekeeper(jobs)
         self.metrics_server = (
             MetricsServer(self.registry, cfg.metrics.host, cfg.metrics.port, self.health)
@@ -156,6 +157,21 @@ class Agent:
             if isinstance(c.source, FolderSource) and c.source.cfg.after == "move"
         ]
         return roots
+
+    def _announce_model(self, camera: str, model: ActiveModel, previous: ActiveModel | None = None) -> None:
+        """The model a camera runs: an info metric and a retained MQTT message."""
+        self.registry.model.labels(camera=camera).info(
+            {"model": model.name, "version": model.version, "hash": model.digest}
+        )
+        if self.mqtt is not None:
+            message: dict[str, Any] = {"camera": camera, "name": model.name, "version": model.version}
+            message.update(hash=model.digest, since=datetime.now(UTC).isoformat())
+            if previous is not None:
+                message["previous"] = {"version": previous.version, "hash": previous.digest}
+            self.mqtt.set_camera_model(camera, message)
+
+    def _swapped(self, camera: CameraConfig, old: ActiveModel, new: ActiveModel) -> None:
+        self._announce_model(camera.id, new, old)
 
     def _verdict(self, verdict: VerdictRecord) -> None:
         self.registry.frames.labels(camera=verdict.camera).inc()
@@ -317,41 +333,6 @@ class Agent:
             self.mqtt.close()
         self.store.close()
         log.info("agent %s stopped", self.cfg.agent.name)
-
-
-def collect_state(agent: Agent) -> list[Metric]:
-    """Scrape-time metrics: outbox depth and age, cameras, the sources' dropped frames, MQTT connection."""
-    now = time.monotonic()
-    depth = GaugeMetricFamily("linewatch_outbox_depth", "Outbox rows waiting, per channel.", labels=["channel"])
-    age = GaugeMetricFamily(
-        "linewatch_outbox_oldest_seconds", "Age of the oldest waiting outbox row, per channel.", labels=["channel"]
-    )
-    for channel, (n, oldest) in agent.store.queue_stats().items():
-        depth.add_metric([channel], n)
-        age.add_metric([channel], oldest)
-    up = GaugeMetricFamily("linewatch_camera_up", "1 while the camera's source is online.", labels=["camera"])
-    busy = GaugeMetricFamily(
-        "linewatch_camera_frame_seconds", "How long the frame in hand has been scored.", labels=["camera"]
-    )
-    since = GaugeMetricFamily(
-        "linewatch_camera_seconds_since_frame", "Seconds since the source last gave a frame.", labels=["camera"]
-    )
-    dropped = CounterMetricFamily(
-        "linewatch_dropped_frames", "Frames a source dropped, by reason.", labels=["camera", "reason"]
-    )
-    for c in agent.cameras:
-        up.add_metric([c.cfg.id], 1.0 if c.source.state == "online" else 0.0)
-        busy.add_metric([c.cfg.id], c.frame_seconds(now))
-        since.add_metric([c.cfg.id], now - c.last_item)
-        if isinstance(c.source, StreamSource):
-            dropped.add_metric([c.cfg.id, "overwritten"], c.source.dropped_frames)
-            dropped.add_metric([c.cfg.id, "bad_frame"], c.source.garbage_frames)
-    out: list[Metric] = [depth, age, up, busy, since, dropped]
-    if agent.mqtt is not None:
-        out.append(
-            GaugeMetricFamily("linewatch_mqtt_connected", "1 while connected.", value=float(agent.mqtt.connected))
-        )
-    return out
 
 
 def verdict_line(verdict: VerdictRecord) -> str:

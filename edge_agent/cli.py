@@ -61,7 +61,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     for cam in cfg.cameras:
         bundle = load_bundle(cam.bundle)
-        print(f"camera {cam.id}: {cam.source.type} source, bundle {bundle.name} {bundle.version} ({bundle.digest})")
+        where = f" at {bundle.path.resolve()}" if cam.bundle.is_symlink() else ""
+        print(
+            f"camera {cam.id}: {cam.source.type} source, bundle {bundle.name} version {bundle.version} "
+            f"({bundle.digest}){where}"
+        )
     print(f"config OK: {args.config}")
     return 0
 

@@ -231,6 +231,9 @@ class AgentSection(StrictModel):
     frame_timeout_seconds: float = Field(
         default=60.0, gt=0.0, description="a frame scored longer than this makes the agent unhealthy (hung call)"
     )
+    bundle_poll_seconds: float | None = Field(
+        default=5.0, gt=0.0, description="look for a new bundle behind each camera's bundle path (null: never)"
+    )
     stream_silence_seconds: float = Field(
         default=120.0, gt=0.0, description="a stream camera silent this long makes the agent unhealthy"
     )

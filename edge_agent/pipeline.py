@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,8 +141,30 @@ class Outputs:
         return out
 
 
+@dataclass(frozen=True)
+class ActiveModel:
+    """What scores a camera's frames: its inspector (own interpreters), the bundle's identity and the threshold."""
+
+    inspector: Inspector
+    name: str
+    version: str
+    digest: str
+    threshold: float
+
+    @classmethod
+    def of(cls, inspector: Inspector, camera: CameraConfig) -> ActiveModel:
+        """The bundle's fitted threshold unless the camera overrides it."""
+        bundle = inspector.bundle
+        threshold = camera.threshold if camera.threshold is not None else inspector.calibration.threshold
+        return cls(inspector, bundle.name, bundle.version, bundle.digest, threshold)
+
+
 class CameraPipeline:
-    """Scores the frames of one camera and stores one verdict per frame."""
+    """Scores the frames of one camera and stores one verdict per frame.
+
+    ``active`` may be replaced at any time (a new bundle rolled out): each frame reads it once, so a frame is
+    scored, thresholded and recorded with one model version.
+    """
 
     def __init__(
         self,
@@ -156,15 +179,13 @@ class CameraPipeline:
         clock: Callable[[], datetime] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
     ) -> None:
-        self.camera, self.inspector, self.store, self.outputs = camera, inspector, store, outputs
+        self.camera, self.store, self.outputs = camera, store, outputs
         self.clock = clock or (lambda: datetime.now(UTC))
         self.on_stage = on_stage or (lambda stage, seconds: None)
         self.data_dir = data_dir
         self.space = FreeSpaceGuard(data_dir, min_free_mb)
         self.on_verdict = on_verdict
-        bundle = inspector.bundle
-        self.model = (bundle.name, bundle.version, bundle.digest)
-        self.threshold = camera.threshold if camera.threshold is not None else inspector.calibration.threshold
+        self.active = ActiveModel.of(inspector, camera)
         self.lock = threading.Lock()
 
     def process(self, frame: Frame, image: np.ndarray) -> VerdictRecord | None:
@@ -172,8 +193,9 @@ class CameraPipeline:
         if self.store.has_verdict(frame.camera, frame.frame_id):  # type: ignore[attr-defined]
             log.info("camera=%s frame=%s already scored, skipping", frame.camera, frame.frame_id)
             return None
+        active = self.active  # read once: the whole frame uses one model version
         started = time.perf_counter()
-        result = self.inspector.inspect(image, self.camera.classify_all, self.threshold)
+        result = active.inspector.inspect(image, self.camera.classify_all, active.threshold)
         scored = time.perf_counter()
         self.on_stage("score", scored - started)
         anomalous = result.anomalous
@@ -181,7 +203,7 @@ class CameraPipeline:
         wants_heatmap = self.camera.save_heatmaps == "all" or (anomalous and self.camera.save_heatmaps == "anomalous")
         if (wants_heatmap or anomalous) and self.space.ok(frame.camera):
             if wants_heatmap:
-                heatmap_path = self._save_heatmap(frame, image, result)
+                heatmap_path = self._save_heatmap(frame, image, result, active.inspector)
             if anomalous:
                 image_path = self._keep_original(frame, image)
             self.on_stage("evidence", time.perf_counter() - scored)
@@ -191,12 +213,12 @@ class CameraPipeline:
             frame_id=frame.frame_id,
             captured_at=frame.captured_at,
             processed_at=self.clock(),
-            model_name=self.model[0],
-            model_version=self.model[1],
-            model_hash=self.model[2],
+            model_name=active.name,
+            model_version=active.version,
+            model_hash=active.digest,
             score=result.score,
             normalised_score=result.normalised_score,
-            threshold=self.threshold,
+            threshold=active.threshold,
             anomalous=anomalous,
             defect_type=result.defect_type,
             type_confidence=result.type_confidence,
@@ -214,8 +236,20 @@ class CameraPipeline:
     def _day_dir(self, kind: str, frame: Frame) -> Path:
         return self.data_dir / kind / frame.camera / frame.captured_at.strftime("%Y-%m-%d")
 
-    def _save_heatmap(self, frame: Frame, image: np.ndarray, result: InspectionResult) -> str | None:
-        overlay = calibrated_heatmap(image, result.anomaly_map, self.inspector.calibration)
+    @property
+    def inspector(self) -> Inspector:
+        """The inspector of the active model."""
+        return self.active.inspector
+
+    @property
+    def threshold(self) -> float:
+        """The active model's image threshold."""
+        return self.active.threshold
+
+    def _save_heatmap(
+        self, frame: Frame, image: np.ndarray, result: InspectionResult, inspector: Inspector
+    ) -> str | None:
+        overlay = calibrated_heatmap(image, result.anomaly_map, inspector.calibration)
         fmt = self.camera.heatmap_format
         path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{fmt}"
         params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]

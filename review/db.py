@@ -104,6 +104,26 @@ class ReviewStore:
         """Every camera with at least one verdict."""
         return self._scalars(select(Verdict.camera).distinct().order_by(Verdict.camera))
 
+    def models_in_use(self) -> pd.DataFrame:
+        """Per camera: the model of its latest verdict, since when that version scores, and its verdict count."""
+        stmt = select(
+            Verdict.camera,
+            Verdict.model_name,
+            Verdict.model_version,
+            Verdict.model_hash,
+            func.min(Verdict.processed_at),
+            func.max(Verdict.processed_at),
+            func.count(),
+        ).group_by(Verdict.camera, Verdict.model_name, Verdict.model_version, Verdict.model_hash)
+        with self._read() as session:
+            rows = session.execute(stmt).all()
+        columns = ["camera", "model", "version", "hash", "first verdict", "latest verdict", "verdicts"]
+        runs = pd.DataFrame(rows, columns=columns)
+        if runs.empty:
+            return runs
+        latest = runs.sort_values("latest verdict").groupby("camera").tail(1)
+        return latest.sort_values("camera").reset_index(drop=True)
+
     def defect_types(self) -> list[str]:
         """Defect types predicted by the agent or confirmed by reviewers, sorted."""
         predicted = self._scalars(select(Verdict.defect_type).where(Verdict.defect_type.is_not(None)).distinct())

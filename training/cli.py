@@ -1,4 +1,4 @@
-"""Command line: ``linewatch-train describe|train|evaluate --config configs/datasets/bottle.yaml``."""
+"""Command line: ``linewatch-train describe|train|evaluate|update --config configs/datasets/bottle.yaml``."""
 
 from __future__ import annotations
 
@@ -35,7 +35,40 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--search-budget", type=float, default=900.0, help="seconds the settings search may take (900)"
             )
+    update = sub.add_parser("update", help="the next bundle version from reviewed frames (no retraining)")
+    update.add_argument("--config", required=True, type=Path, help="the training YAML the bundle was made with")
+    update.add_argument("--bundle", required=True, type=Path, help="the bundle the agents run now")
+    update.add_argument(
+        "--feedback", required=True, help="a review export folder, or the review database URL (sqlite:///...)"
+    )
+    update.add_argument("--media-root", type=Path, default=Path("."), help="where the review DB's image paths are")
+    update.add_argument("--out", required=True, type=Path, help="folder of the new version (must not exist)")
+    update.add_argument("--max-drop", type=float, default=0.01, help="largest test image AUROC drop allowed (0.01)")
     return parser
+
+
+def cmd_update(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """Build and gate the next bundle version; print its report as JSON."""
+    import json
+    import tempfile
+
+    from training.update import update_bundle
+
+    feedback = args.feedback
+    with tempfile.TemporaryDirectory(prefix="linewatch-feedback-") as tmp:
+        if "://" in feedback:  # the review database: export its reviewed frames first
+            from review.db import ReviewStore
+            from review.export import export_dataset
+
+            store = ReviewStore(feedback)
+            try:
+                export_dataset(store, Path(tmp) / "export", args.media_root)
+            finally:
+                store.close()
+            feedback = str(Path(tmp) / "export")
+        report = update_bundle(args.bundle, cfg, Path(feedback), args.out, args.max_drop)
+    print(json.dumps(report, indent=2, default=float))
+    return 0
 
 
 def _run_dir(cfg: TrainConfig, out: Path | None) -> Path:
@@ -88,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load_train_config(args.config)
+        if args.command == "update":
+            return cmd_update(args, cfg)
         run_dir = _run_dir(cfg, args.out)
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = sorted(set(models) - set(MODELS))

@@ -1,7 +1,8 @@
 """MQTT publisher (paho-mqtt v2): alerts, retained availability and camera status, stats.
 
 Topics under ``<prefix>/<agent>``: ``availability`` (retained ``online``/``stopped``, last will ``offline``),
-``cameras/<camera>/status`` (retained), ``cameras/<camera>/alerts`` (events, never retained), ``stats``.
+``cameras/<camera>/status`` (retained), ``cameras/<camera>/model`` (retained JSON: the bundle the camera runs),
+``cameras/<camera>/alerts`` (events, never retained), ``stats``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class MQTTPublisher:
         self._failed_attempts = 0
         self._fail_logged_at = float("-inf")
         self._lock = threading.Lock()
-        self._camera_status: dict[str, str] = {}
+        self._retained: dict[str, str] = {}  # topic -> payload, re-published after every reconnect
         self._started = False
         self._username = read_secret(cfg.username_env, None)
         self._password = read_secret(cfg.password_env, cfg.password_credential)
@@ -113,12 +114,24 @@ class MQTTPublisher:
         """Block up to ``timeout`` seconds for a successful connection."""
         return self._connected.wait(timeout)
 
+    def model_topic(self, camera: str) -> str:
+        """Retained topic of the model bundle a camera runs."""
+        return f"{self.base}/cameras/{camera}/model"
+
     def set_camera_status(self, camera: str, state: str) -> None:
         """Retained camera state; remembered and re-published after every reconnect."""
+        self.set_retained(self.status_topic(camera), state)
+
+    def set_camera_model(self, camera: str, model: dict[str, Any]) -> None:
+        """Retained JSON of the bundle a camera runs (name, version, hash, since); re-published on reconnect."""
+        self.set_retained(self.model_topic(camera), json.dumps(model, default=str))
+
+    def set_retained(self, topic: str, payload: str) -> None:
+        """Publish a retained state now when connected, and again after every reconnect."""
         with self._lock:
-            self._camera_status[camera] = state
+            self._retained[topic] = payload
         if self.connected:
-            self._client.publish(self.status_topic(camera), state, qos=1, retain=True)
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def deliver(self, item: OutboxItem) -> Delivery:
         """Publish one outbox row (an alert); see :meth:`publish_alert`."""
@@ -187,9 +200,9 @@ class MQTTPublisher:
         log.info("MQTT connected to %s:%s", self.cfg.host, self.cfg.port)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         with self._lock:
-            statuses = dict(self._camera_status)
-        for camera, state in statuses.items():
-            client.publish(self.status_topic(camera), state, qos=1, retain=True)
+            retained = dict(self._retained)
+        for topic, payload in retained.items():
+            client.publish(topic, payload, qos=1, retain=True)
         self._connected.set()
 
     def _on_disconnect(

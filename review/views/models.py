@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,11 @@ def _threshold_section(cal: dict[str, Any], role_figures: dict[str, Any], settin
 def render(ctx: Context) -> None:
     """The models page."""
     st.title("Models")
+    in_use = ctx.store.models_in_use()
+    if not in_use.empty:
+        st.subheader("What each camera runs")
+        st.caption("The model of each camera's latest verdict; every verdict records the version that scored it.")
+        st.dataframe(in_use, hide_index=True)
     paths = ctx.cfg.paths
     bundles = mi.find_bundles(paths.bundles_dir, paths.runs_dir)
     if not bundles:
@@ -149,6 +155,16 @@ def render(ctx: Context) -> None:
         f"defect types {', '.join(data.get('defect_types', [])) or '-'}."
     )
     figures = man.get("metrics", {})
+    update = figures.get("update")
+    if isinstance(update, dict):
+        st.subheader(f"Update from feedback of version {update.get('parent_version', '?')}")
+        st.caption(
+            f"{update.get('false_alarms', 0)} false alarms became normal data: "
+            f"{update.get('false_alarms_still_alarming_before', '?')} alarmed before, "
+            f"{update.get('false_alarms_still_alarming_after', '?')} after; test image AUROC "
+            f"{update.get('test_auroc_before', math.nan):.3f} -> {update.get('test_auroc_after', math.nan):.3f}."
+        )
+        st.dataframe(_scalars(update), hide_index=True)
     roles = man.get("models", {})
     for role, entry in sorted(roles.items(), key=lambda kv: (kv[0] != "scorer", kv[0])):
         st.subheader(f"{role}: {entry.get('kind')} ({entry.get('precision')})")

@@ -149,6 +149,11 @@ def test_a_month_under_quota_with_s3_down(tmp_path, bottle_bundle, datasets_root
             if not moto_s3.ready():
                 moto_s3.start()
 
+    print(
+        f"month: {len(verdicts)} frames, camera wrote {written / 2**20:.1f} MiB on a {DISK_KB / 1024:.0f} MiB tmpfs, "
+        f"peak use {peak_used / 2**20:.1f} MiB, quota {QUOTA_MB} MB; {kept} verdict rows kept, "
+        f"{delivered} delivered outbox rows kept; {sum(v.anomalous for v in verdicts)} anomalous"
+    )
     # the camera alone wrote more than twice the disk; the disk never came near full
     assert written > 2 * DISK_KB * 1024
     assert peak_used < 0.8 * DISK_KB * 1024, f"peak use {peak_used / 2**20:.1f} MiB of {DISK_KB / 1024:.0f}"

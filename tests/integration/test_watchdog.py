@@ -147,6 +147,7 @@ def test_hung_model_call_stops_the_pings_and_a_restart_recovers(tmp_path, bottle
         in_hand = min(agent.cameras[0].busy_since.values())  # when the frame was handed to the scorer
         turned = run_until_unhealthy(agent, pings, started)
         assert LIMIT <= turned - in_hand <= LIMIT + 2.0  # within the limit (+ the 0.05 s poll and a tick)
+        print(f"hung call: /healthz 503 after {turned - in_hand:.2f} s in hand (limit {LIMIT} s)")
         body = healthz(agent)[1]
         assert body["cameras"]["cam1"]["healthy"] is False
         assert "frame in hand" in body["cameras"]["cam1"]["problems"][0]
@@ -224,6 +225,7 @@ def test_silent_stream_stops_the_pings_and_an_idle_folder_stays_healthy(tmp_path
         silent_from = time.monotonic()
         turned = run_until_unhealthy(agent, pings, started)
         assert turned - silent_from <= LIMIT + 3.0
+        print(f"silent stream: /healthz 503 {turned - silent_from:.2f} s after the last frame (limit {LIMIT} s)")
         assert "no frame for" in healthz(agent)[1]["cameras"]["cam1"]["problems"][0]
     finally:
         loop.close()

@@ -198,6 +198,7 @@ def test_browser_login_pages_and_feedback_end_to_end(agent_run, served):
             shot("05-statistics", 2200)
             open_page("Models", "Models")
             expect(page.get_by_text("Bundle verifies")).to_be_visible()
+            expect(page.get_by_text("What each camera runs")).to_be_visible()
             expect(page.get_by_text("Expected false-alarm rate")).to_be_visible()
             expect(page.get_by_text("Recall on synthetic defects")).to_be_visible()
             shot("06-models", 2200)

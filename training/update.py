@@ -1,0 +1,238 @@
+"""The next bundle version from reviewed frames, without retraining: ``linewatch-train update``.
+
+Frames a reviewer marked *false alarm* are normal data. Their patch features (from the bundle's own int8 graph)
+join the PatchCore memory bank by continuing the greedy k-center selection that built it: the new patch
+farthest from the bank is added until every new patch lies within the bank's coverage radius (the largest
+distance of a training patch to the bank), so the bank covers the new normal appearance as tightly as it covers
+the training images, and no more. The threshold is fitted again the way export fits it (false-alarm rate over
+validation scores pooled with leave-one-out scores of the training images). The new bundle is checked on the
+original test split against the old one (image AUROC may not drop by more than the gate) and on the feedback
+frames themselves; the report says what changed and goes into the manifest (``metrics.update``).
+
+Confirmed defects are counted; the defect-type model is carried over unchanged (retraining it from feedback is
+not part of this step).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from edge_agent.errors import LinewatchError
+from edge_agent.inspector import backbone_patches
+from edge_agent.manifest import PatchCoreParams, parse_manifest
+from edge_agent.preprocess import PreprocessSpec, prepare, read_image
+from edge_agent.runtime import TFLiteModel
+from edge_agent.scoring import NearestNeighbourIndex, distance_map, fit_calibration, image_score
+from training import metrics
+from training.config import TrainConfig
+from training.data import load_dataset, load_images
+
+log = logging.getLogger(__name__)
+
+NORMAL_DIR = "good"  # review.export's folder of false alarms
+EXACT = 1e-6  # a bank row this close to a patch is that patch (coreset rows are copies of training patches)
+
+
+class UpdateError(LinewatchError):
+    """The update cannot be built or fails its gate."""
+
+
+@dataclass
+class Feedback:
+    """Reviewed frames from a review export folder: false alarms and confirmed defects (by type)."""
+
+    false_alarms: list[Path]
+    defects: dict[str, list[Path]]
+
+    @classmethod
+    def read(cls, folder: Path) -> Feedback:
+        """``good/`` holds the false alarms, every other folder one confirmed defect type (``labels.csv`` beside)."""
+        if not (folder / "labels.csv").is_file():
+            raise UpdateError(f"{folder}: not a review export (no labels.csv); export one from the review page")
+        with (folder / "labels.csv").open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        alarms = [folder / r["file"] for r in rows if r["label"] == "false_alarm"]
+        defects: dict[str, list[Path]] = {}
+        for r in rows:
+            if r["label"] == "defect":
+                defects.setdefault(r["defect_type"] or "defect", []).append(folder / r["file"])
+        return cls(alarms, defects)
+
+
+class BankScorer:
+    """Scores prepared images with a bundle's int8 graph against a memory bank, as the agent does."""
+
+    def __init__(self, bundle: Bundle, threads: int = 2) -> None:
+        entry = bundle.models["scorer"]
+        if entry.kind != "patchcore" or not isinstance(entry.params, PatchCoreParams):
+            raise UpdateError(f"bundle {bundle.path}: update from feedback needs a PatchCore scorer, not {entry.kind}")
+        self.entry, self.params = entry, entry.params
+        self.spec: PreprocessSpec = entry.preprocess
+        self.model = TFLiteModel(bundle.path / entry.file, threads)
+        self.bank = np.load(bundle.path / self.params.memory_bank).astype(np.float32)
+        self.threads = threads
+
+    def patches(self, images: np.ndarray) -> tuple[list[np.ndarray], tuple[int, int]]:
+        """Patch embeddings of each prepared image, and their grid."""
+        out, grid = [], (0, 0)
+        for image in images:
+            patches, grid, _, _ = backbone_patches(
+                self.model, image, self.spec, self.params.pool, self.params.patch_taps
+            )
+            out.append(patches.astype(np.float32))
+        return out, grid
+
+    def scores(
+        self, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray, leave_own_out: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores and maps against ``bank``; ``leave_own_out`` ignores bank rows identical to the image's
+        own patches (a training image scored as if it were not in the bank)."""
+        index = NearestNeighbourIndex(bank, self.threads)
+        scores, maps = [], []
+        for p in patches:
+            d = _distances_without_own(p, bank) if leave_own_out else index.distances(p)
+            amap = distance_map(d, grid, self.spec.size, self.params.blur_sigma)
+            scores.append(image_score(amap, self.params.score_top_fraction))
+            maps.append(amap)
+        return np.array(scores, np.float32), np.stack(maps)
+
+
+def _distances_without_own(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    sq = (patches**2).sum(1)[:, None] + (bank**2).sum(1)[None, :] - 2.0 * patches @ bank.T
+    d = np.sqrt(np.maximum(sq, 0.0))
+    own = (d < EXACT).any(axis=0)  # bank rows that are one of this image's patches
+    d[:, own] = np.inf
+    return d.min(axis=1).astype(np.float32)
+
+
+def extend_bank(bank: np.ndarray, new: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
+    """Greedy k-center continued from ``bank`` over ``new`` rows until all lie within ``radius``; (bank, added)."""
+    nearest = NearestNeighbourIndex(bank, 1).distances(new)
+    added: list[int] = []
+    while len(new) and nearest.max() > radius:
+        pick = int(nearest.argmax())
+        added.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(new - new[pick], axis=1))
+    return np.concatenate([bank, new[added]]).astype(np.float32), len(added)
+
+
+def _prepared(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
+    if not paths:
+        return np.zeros((0, spec.size, spec.size, spec.channels), np.uint8)
+    return np.stack([prepare(read_image(p), spec) for p in paths])
+
+
+def update_bundle(bundle_dir: Path, cfg: TrainConfig, feedback_dir: Path, out: Path, max_drop: float) -> dict[str, Any]:
+    """Build the next version of ``bundle_dir`` in ``out`` from the review export ``feedback_dir``; the report."""
+    started = time.perf_counter()
+    bundle = load_bundle(bundle_dir)
+    scorer = BankScorer(bundle)
+    feedback = Feedback.read(feedback_dir)
+    if not feedback.false_alarms:
+        raise UpdateError(f"{feedback_dir}: no frame marked false alarm; nothing to learn for the scorer")
+    splits = load_dataset(cfg.dataset)
+    spec = scorer.spec
+    train_patches, grid = scorer.patches(load_images(splits.train, spec)[0])
+    bank = scorer.bank
+    index = NearestNeighbourIndex(bank, scorer.threads)
+    radius = float(max(index.distances(p).max() for p in train_patches))
+    alarm_patches, _ = scorer.patches(_prepared(feedback.false_alarms, spec))
+    new_bank, added = extend_bank(bank, np.concatenate(alarm_patches), radius)
+    loo, _ = scorer.scores(train_patches, grid, new_bank, leave_own_out=True)
+    val_patches, _ = scorer.patches(load_images(splits.validation, spec)[0])
+    val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)
+    t = cfg.threshold
+    calibration = fit_calibration(
+        val_scores, val_maps, t.method, t.k, t.quantile, t.pixel_quantile, t.false_alarm_rate, loo
+    )
+    old_threshold = bundle.models["scorer"].calibration.threshold  # type: ignore[union-attr]
+    defect_paths = [p for paths in feedback.defects.values() for p in paths]
+    defect_patches, _ = scorer.patches(_prepared(defect_paths, spec))
+    test_images, test_samples = load_images(splits.test, spec)
+    test_patches, _ = scorer.patches(test_images)
+    labels = np.array([s.label for s in test_samples])
+    before = {
+        "alarms": scorer.scores(alarm_patches, grid, bank)[0],
+        "defects": scorer.scores(defect_patches, grid, bank)[0] if defect_paths else np.zeros(0),
+        "test": scorer.scores(test_patches, grid, bank)[0],
+    }
+    after = {
+        "alarms": scorer.scores(alarm_patches, grid, new_bank)[0],
+        "defects": scorer.scores(defect_patches, grid, new_bank)[0] if defect_paths else np.zeros(0),
+        "test": scorer.scores(test_patches, grid, new_bank)[0],
+    }
+    report = _report(bundle, feedback, before, after, labels, old_threshold, calibration.threshold)
+    report.update(bank_rows_added=added, bank_rows=len(new_bank), coverage_radius=radius)
+    drop = report["test_auroc_before"] - report["test_auroc_after"]
+    if drop > max_drop:
+        msg = (
+            f"update refused: test image AUROC {report['test_auroc_after']:.4f}, was {report['test_auroc_before']:.4f}"
+        )
+        raise UpdateError(f"{msg} (drop {drop:.4f} > gate {max_drop})")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _write_bundle(bundle, out, new_bank, calibration.to_dict(), report)
+    return report
+
+
+def _report(
+    bundle: Bundle,
+    feedback: Feedback,
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    labels: np.ndarray,
+    old_threshold: float,
+    new_threshold: float,
+) -> dict[str, Any]:
+    normal = labels == 0
+    return {
+        "parent_version": bundle.version,
+        "parent_hash": bundle.digest,
+        "false_alarms": len(feedback.false_alarms),
+        "confirmed_defects": {k: len(v) for k, v in sorted(feedback.defects.items())},
+        "threshold_before": old_threshold,
+        "threshold_after": new_threshold,
+        "false_alarms_still_alarming_before": int((before["alarms"] >= old_threshold).sum()),
+        "false_alarms_still_alarming_after": int((after["alarms"] >= new_threshold).sum()),
+        "confirmed_defects_caught_before": int((before["defects"] >= old_threshold).sum()),
+        "confirmed_defects_caught_after": int((after["defects"] >= new_threshold).sum()),
+        "test_auroc_before": metrics.roc_auc(labels, before["test"]),
+        "test_auroc_after": metrics.roc_auc(labels, after["test"]),
+        "test_false_alarm_rate_before": float((before["test"][normal] >= old_threshold).mean()),
+        "test_false_alarm_rate_after": float((after["test"][normal] >= new_threshold).mean()),
+        "test_recall_before": float((before["test"][~normal] >= old_threshold).mean()),
+        "test_recall_after": float((after["test"][~normal] >= new_threshold).mean()),
+    }
+
+
+def _write_bundle(
+    bundle: Bundle, out: Path, bank: np.ndarray, calibration: dict[str, Any], report: dict[str, Any]
+) -> None:
+    """Copy the parent bundle, replace its bank and calibration, write a verified manifest (staged, then moved)."""
+    if out.exists():
+        raise UpdateError(f"{out} exists; choose a new folder for the new version")
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle.path, staging)
+    raw = json.loads((bundle.path / MANIFEST).read_text(encoding="utf-8"))
+    scorer = raw["models"]["scorer"]
+    np.save(staging / scorer["params"]["memory_bank"], bank)
+    scorer["params"]["bank_size"] = len(bank)
+    scorer["calibration"] = calibration
+    raw["version"] = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    raw["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    raw["metrics"]["update"] = report
+    raw["files"] = {name: sha256_file(staging / name) for name in raw["files"]}
+    parse_manifest(raw, f"bundle {out}")  # the same contract the agent checks
+    (staging / MANIFEST).write_text(json.dumps(raw, indent=2, default=float), encoding="utf-8")
+    staging.rename(out)
+    load_bundle(out)
