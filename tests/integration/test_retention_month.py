@@ -2,7 +2,7 @@
 undelivered is lost.
 
 Everything lives on one 40 MiB tmpfs: the camera folder (and its done/), heatmaps, image copies and the SQLite
-database. The clock is injected: each simulated day the camera writes 30 real bottle frames (downscaled to 320 px,
+database. The clock is injected: each simulated day the camera writes 20 real bottle frames (downscaled to 400 px,
 one defective) stamped with that day, the agent scores them, and its background retention pass runs. S3 is down
 for the whole month (its outbox grows: every anomalous frame's objects and the batches of normal verdicts); MQTT
 is up, so delivered alert rows age out. What the month writes is several times the tmpfs; the quota holds after
@@ -29,7 +29,7 @@ from edge_agent.config import AgentConfig
 from tests.harness import small_fs, wait_until
 from tests.services import mosquitto, moto_s3  # noqa: F401
 
-DAYS, PER_DAY, SIZE = 30, 30, 320
+DAYS, PER_DAY, SIZE = 30, 20, 400
 DISK_KB = 40 * 1024
 QUOTA_MB = 12.0
 START = datetime(2026, 1, 1, tzinfo=UTC)
