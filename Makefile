@@ -44,7 +44,7 @@ test: install system-deps  ## what CI runs: ruff (lint + format), mypy (strict o
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install  ## the edit loop (under 2 minutes): ruff and the unit tests that train nothing (no services)
 	$(PY) -m ruff check .
