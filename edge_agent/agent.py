@@ -18,8 +18,9 @@ from edge_agent import systemd_notify
 from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig, CameraConfig, FolderSourceConfig
 from edge_agent.delivery.mqtt import MQTTPublisher
-from edge_agent.delivery.s3 import S3Mirror
+from edge_agent.delivery.s3 import S3Mirror, s3_client
 from edge_agent.delivery.worker import DeliveryWorker
+from edge_agent.fleet import S3BundleFetcher
 from edge_agent.housekeeping import Housekeeper, Job
 from edge_agent.inspector import Inspector
 from edge_agent.metrics import MetricsServer, Registry
@@ -100,6 +101,11 @@ class Agent:
         )
         self.cameras = [self._camera(c, i) for c, i in zip(cfg.cameras, inspectors, strict=True)]
         self.rollout = BundleWatcher([(c.cfg, c.pipelines) for c in self.cameras], cfg.agent.threads, self._swapped)
+        self.fetchers = [
+            S3BundleFetcher(self.s3.client if self.s3 else s3_client(cfg.s3)[0], cfg.s3.bucket, prefix, c.bundle, c.id)
+            for c in cfg.cameras
+            if (prefix := c.bundle_s3_prefix) is not None
+        ]
         for camera in self.cameras:
             self._announce_model(camera.cfg.id, camera.pipeline.active)
         self.registry.add_collector(functools.partial(collect_state, self))
@@ -108,7 +114,7 @@ class Agent:
         if cfg.retention.enabled:
             jobs.append(Job("retention", cfg.retention.interval_seconds, self.apply_retention))
         if cfg.agent.bundle_poll_seconds is not None:
-            jobs.append(Job("bundles", cfg.agent.bundle_poll_seconds, self.rollout.check))
+            jobs.append(Job("bundles", cfg.agent.bundle_poll_seconds, self.check_bundles))
         self.housekeeper = Housekeeper(jobs)
         self.metrics_server = (
             MetricsServer(self.registry, cfg.metrics.host, cfg.metrics.port, self.health)
@@ -169,6 +175,12 @@ class Agent:
             if previous is not None:
                 message["previous"] = {"version": previous.version, "hash": previous.digest}
             self.mqtt.set_camera_model(camera, message)
+
+    def check_bundles(self) -> int:
+        """Fetch versions published to S3 (fleet), then swap in any new bundle behind the cameras' links."""
+        for fetcher in self.fetchers:
+            fetcher.check()
+        return self.rollout.check()
 
     def _swapped(self, camera: CameraConfig, old: ActiveModel, new: ActiveModel) -> None:
         self._announce_model(camera.id, new, old)

@@ -154,6 +154,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if len(seen) == len(files) else 1
 
 
+def cmd_publish_bundle(args: argparse.Namespace) -> int:
+    """Upload a bundle for a camera's fleet prefix (``bundle_s3_prefix``) and make it the version to run."""
+    from edge_agent.delivery.s3 import s3_client
+    from edge_agent.fleet import publish_bundle
+
+    cfg = _load(args.config)
+    cam = next((c for c in cfg.cameras if c.id == args.camera), None)
+    if cam is None or cam.bundle_s3_prefix is None:
+        print(f"error: camera {args.camera!r} has no bundle_s3_prefix in {args.config}", file=sys.stderr)
+        return 2
+    client, _ = s3_client(cfg.s3)
+    version = publish_bundle(client, cfg.s3.bucket, cam.bundle_s3_prefix, args.bundle, activate=not args.stage_only)
+    print(f"published {args.bundle} as {version} to s3://{cfg.s3.bucket}/{cam.bundle_s3_prefix}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linewatch-agent", description="linewatch edge agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         "replay": (cmd_replay, "score the images of a folder and print verdicts"),
         "stats": (cmd_stats, "print counts and queue depths"),
         "demo": (cmd_demo, "run the agent and feed it a folder of images like a camera"),
+        "publish-bundle": (cmd_publish_bundle, "upload a bundle to a camera's S3 fleet prefix and make it current"),
     }
     for name, (func, text) in commands.items():
         cmd = sub.add_parser(name, help=text)
@@ -177,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "demo":
             cmd.add_argument("--images", type=Path, required=True, help="folder of images to feed")
             cmd.add_argument("--timeout", type=float, default=300.0)
+        if name == "publish-bundle":
+            cmd.add_argument("--camera", required=True, help="camera whose bundle_s3_prefix receives it")
+            cmd.add_argument("--bundle", required=True, type=Path, help="the verified bundle folder")
+            cmd.add_argument("--stage-only", action="store_true", help="upload without making it current")
     return parser
 
 

@@ -79,6 +79,11 @@ class CameraConfig(StrictModel):
     workers: int = Field(
         default=1, ge=1, le=8, description="scoring threads, each with its own interpreters (2 = a frame per core)"
     )
+    bundle_s3_prefix: str | None = Field(
+        default=None,
+        description="fleet roll-out: poll <s3.bucket>/<prefix>current (the version to run) and fetch "
+        "<prefix><version>/ beside the camera's bundle link; needs `bundle` to be a link and the s3 section",
+    )
 
 
 class DatabaseConfig(StrictModel):

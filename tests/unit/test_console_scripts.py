@@ -11,7 +11,7 @@ import pytest
 BIN = Path(sys.executable).parent
 
 SCRIPTS = {
-    "linewatch-agent": ["run", "check-config", "replay", "stats", "demo"],
+    "linewatch-agent": ["run", "check-config", "replay", "stats", "demo", "publish-bundle"],
     "linewatch-review": ["serve", "hash-password", "check-config", "export", "sync-s3"],
     "linewatch-export": ["--config", "--run", "--out", "--classifier"],
     "linewatch-train": ["describe", "train", "evaluate"],
