@@ -229,10 +229,7 @@ class Store:
 
     def queue_depths(self) -> dict[str, int]:
         """Pending outbox rows per channel (every channel listed, zero when empty)."""
-        stmt = select(Outbox.channel, func.count()).where(Outbox.status == "pending").group_by(Outbox.channel)
-        with self._reader() as session:
-            found = {channel: int(n) for channel, n in session.execute(stmt)}
-        return {channel: found.get(channel, 0) for channel in (*CHANNELS, *found)}
+        return {channel: depth for channel, (depth, _) in self.queue_stats().items()}
 
     def counts(self, since: datetime | None = None) -> dict[str, dict[str, int]]:
         """Frames and anomalies per camera, processed at or after ``since``: ``{camera: {frames, anomalies}}``."""

@@ -105,7 +105,7 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
         try:
             record = parse_record(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read())
             if (record.camera, record.frame_id) in known:
-                report.known += 1
+                report.known += 1  # known: nothing to download
                 continue
             stem = key[: -len(".json")]
             heatmap_suffix = Path(record.heatmap_path).suffix.lower() if record.heatmap_path else ".png"
@@ -115,9 +115,7 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
             values = {name: getattr(record, name) for name in _RECORD_FIELDS}
             for field, key_ in (("heatmap_path", heatmap_key), ("image_path", image_key)):
                 values[field] = _download(client, cfg.bucket, key_, cfg.cache_dir) if key_ in present else None
-            _, created = store.store.record(VerdictRecord(**values), [])
-            report.added += int(created)
-            known.add((record.camera, record.frame_id))
+            _store_new(VerdictRecord(**values), store, known, report)
         except (BotoCoreError, ClientError, OSError, ValueError, KeyError, TypeError) as err:
             report.errors += 1
             log.warning("S3 record %s not copied: %s", key, redact(str(err), secrets))
@@ -151,9 +149,14 @@ def _sync_batch(
             report.errors += 1
             log.warning("S3 batch %s line %d skipped: %s", key, number, err)
             continue
-        if (record.camera, record.frame_id) in known:
-            report.known += 1
-            continue
-        _, created = store.store.record(record, [])
-        report.added += int(created)
-        known.add((record.camera, record.frame_id))
+        _store_new(record, store, known, report)
+
+
+def _store_new(record: VerdictRecord, store: ReviewStore, known: set[tuple[str, str]], report: SyncReport) -> None:
+    """Copy one record into the review database unless it is already there; counted in ``report``."""
+    if (record.camera, record.frame_id) in known:
+        report.known += 1
+        return
+    _, created = store.store.record(record, [])
+    report.added += int(created)
+    known.add((record.camera, record.frame_id))
