@@ -88,6 +88,7 @@ class Agent:
             for c, bundle in zip(cfg.cameras, bundles, strict=True)
         ]
         self.store = Store(cfg.database.url, cfg.database.busy_timeout_ms, clock=clock)
+        self.store.adopt(name)
         channels = [c for c in (self.mqtt, self.s3) if c is not None]
         self.delivery = DeliveryWorker(self.store, channels, cfg.delivery)
         batching = self.s3 is not None and cfg.s3.normal_verdicts == "batch"

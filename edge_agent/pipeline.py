@@ -225,6 +225,7 @@ class CameraPipeline:
             heatmap_path=heatmap_path,
             image_path=image_path or frame.image_path,
             latency_ms=result.latency_ms,
+            agent=self.outputs.agent,
         )
         stored = time.perf_counter()
         _, created = self.store.record(verdict, self.outputs.messages(verdict))  # type: ignore[attr-defined]

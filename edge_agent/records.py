@@ -63,6 +63,7 @@ class VerdictRecord:
     heatmap_path: str | None
     image_path: str | None
     latency_ms: float
+    agent: str = ""  # the agent that scored the frame (one review database holds a fleet)
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict (datetimes as ISO 8601 strings)."""

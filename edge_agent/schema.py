@@ -54,14 +54,16 @@ class Verdict(Base):
 
     __tablename__ = "verdicts"
     __table_args__ = (
-        UniqueConstraint("camera", "frame_id", name="uq_verdicts_camera_frame"),
+        UniqueConstraint("camera", "frame_id", "agent", name="uq_verdicts_camera_frame_agent"),
         Index("ix_verdicts_processed_at", "processed_at"),
         Index("ix_verdicts_camera", "camera"),
         Index("ix_verdicts_anomalous", "anomalous"),
+        Index("ix_verdicts_agent", "agent"),
         Index("ix_verdicts_unbatched", "camera", "id", sqlite_where=UNBATCHED, postgresql_where=UNBATCHED),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent: Mapped[str] = mapped_column(String(64), server_default="")  # "" only for rows from before revision 0005
     camera: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(16))
     frame_id: Mapped[str] = mapped_column(String(512))

@@ -102,7 +102,7 @@ class Store:
         now = self.now()
         try:
             with self._writer.begin() as session:
-                existing = self._verdict_id(session, verdict.camera, verdict.frame_id)
+                existing = self._verdict_id(session, verdict.camera, verdict.frame_id, verdict.agent)
                 if existing is not None:
                     return existing, False
                 row = Verdict(**{name: getattr(verdict, name) for name in _VERDICT_FIELDS})
@@ -127,20 +127,31 @@ class Store:
                 return row.id, True
         except IntegrityError:
             with self._reader() as session:  # a concurrent writer stored the same frame first
-                existing = self._verdict_id(session, verdict.camera, verdict.frame_id)
+                existing = self._verdict_id(session, verdict.camera, verdict.frame_id, verdict.agent)
             if existing is None:
                 raise
             return existing, False
 
     @staticmethod
-    def _verdict_id(session: Session, camera: str, frame_id: str) -> int | None:
+    def _verdict_id(session: Session, camera: str, frame_id: str, agent: str | None = None) -> int | None:
         stmt = select(Verdict.id).where(Verdict.camera == camera, Verdict.frame_id == frame_id)
-        return session.scalar(stmt)
+        if agent is not None:
+            stmt = stmt.where(Verdict.agent == agent)
+        return session.scalars(stmt.limit(1)).first()
 
     def has_verdict(self, camera: str, frame_id: str) -> bool:
-        """True when this camera's frame already has a verdict."""
+        """True when this camera's frame already has a verdict (an agent's own database: any agent name)."""
         with self._reader() as session:
             return self._verdict_id(session, camera, frame_id) is not None
+
+    def adopt(self, agent: str) -> int:
+        """Name ``agent`` on the verdicts written before revision 0005 (agent ""); returns how many."""
+        with self._writer.begin() as session:
+            result = session.execute(update(Verdict).where(Verdict.agent == "").values(agent=agent))
+        adopted = int(getattr(result, "rowcount", 0) or 0)
+        if adopted:
+            log.info("%d verdicts from before the agent column now belong to agent %s", adopted, agent)
+        return adopted
 
     def pending(self, channel: str, limit: int, now: datetime | None = None) -> list[OutboxItem]:
         """Due pending rows of a channel, oldest id first, stopping before a row still waiting for its retry.

@@ -45,9 +45,10 @@ class QueueFilter:
     score_max: float = 1.0
     reviewed: bool | None = None  # None: both
     anomalous_only: bool = True
+    agents: tuple[str, ...] = ()  # the agents (lines) of a fleet
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReviewRow(VerdictRecord):
     """A verdict (the agent's record and its row id) with its latest feedback (None when nobody reviewed it)."""
 
@@ -100,13 +101,19 @@ class ReviewStore:
 
     # --- queries -----------------------------------------------------------------------------------------
 
-    def cameras(self) -> list[str]:
-        """Every camera with at least one verdict."""
-        return self._scalars(select(Verdict.camera).distinct().order_by(Verdict.camera))
+    def cameras(self, agents: tuple[str, ...] = ()) -> list[str]:
+        """Every camera with at least one verdict (of ``agents`` when given)."""
+        stmt = select(Verdict.camera).distinct().order_by(Verdict.camera)
+        return self._scalars(stmt.where(Verdict.agent.in_(agents)) if agents else stmt)
+
+    def agents(self) -> list[str]:
+        """Every agent with at least one verdict ("" for rows from before verdicts named their agent)."""
+        return self._scalars(select(Verdict.agent).distinct().order_by(Verdict.agent))
 
     def models_in_use(self) -> pd.DataFrame:
-        """Per camera: the model of its latest verdict, since when that version scores, and its verdict count."""
+        """Per agent and camera: the model of its latest verdict, since when that version scores, its verdict count."""
         stmt = select(
+            Verdict.agent,
             Verdict.camera,
             Verdict.model_name,
             Verdict.model_version,
@@ -114,15 +121,15 @@ class ReviewStore:
             func.min(Verdict.processed_at),
             func.max(Verdict.processed_at),
             func.count(),
-        ).group_by(Verdict.camera, Verdict.model_name, Verdict.model_version, Verdict.model_hash)
+        ).group_by(Verdict.agent, Verdict.camera, Verdict.model_name, Verdict.model_version, Verdict.model_hash)
         with self._read() as session:
             rows = session.execute(stmt).all()
-        columns = ["camera", "model", "version", "hash", "first verdict", "latest verdict", "verdicts"]
+        columns = ["agent", "camera", "model", "version", "hash", "first verdict", "latest verdict", "verdicts"]
         runs = pd.DataFrame(rows, columns=columns)
         if runs.empty:
             return runs
-        latest = runs.sort_values("latest verdict").groupby("camera").tail(1)
-        return latest.sort_values("camera").reset_index(drop=True)
+        latest = runs.sort_values("latest verdict").groupby(["agent", "camera"]).tail(1)
+        return latest.sort_values(["agent", "camera"]).reset_index(drop=True)
 
     def defect_types(self) -> list[str]:
         """Defect types predicted by the agent or confirmed by reviewers, sorted."""
@@ -144,6 +151,8 @@ class ReviewStore:
             conditions.append(Verdict.anomalous.is_(True))
         if flt.cameras:
             conditions.append(Verdict.camera.in_(flt.cameras))
+        if flt.agents:
+            conditions.append(Verdict.agent.in_(flt.agents))
         if flt.since is not None:
             conditions.append(Verdict.processed_at >= flt.since)
         if flt.until is not None:
@@ -191,10 +200,17 @@ class ReviewStore:
         with self._read() as session:
             return [_row(v, fb) for v, fb in session.execute(stmt)]
 
-    def frame(self, since: datetime | None = None, cameras: tuple[str, ...] = (), limit: int = 200_000) -> pd.DataFrame:
+    def frame(
+        self,
+        since: datetime | None = None,
+        cameras: tuple[str, ...] = (),
+        limit: int = 200_000,
+        agents: tuple[str, ...] = (),
+    ) -> pd.DataFrame:
         """Verdicts as a DataFrame (newest ``limit``), with the latest feedback label per verdict, for statistics."""
         cols = [
             Verdict.id,
+            Verdict.agent,
             Verdict.camera,
             Verdict.frame_id,
             Verdict.processed_at,
@@ -214,6 +230,8 @@ class ReviewStore:
             stmt = stmt.where(Verdict.processed_at >= since)
         if cameras:
             stmt = stmt.where(Verdict.camera.in_(cameras))
+        if agents:
+            stmt = stmt.where(Verdict.agent.in_(agents))
         stmt = stmt.order_by(Verdict.processed_at.desc()).limit(limit)
         with self._read() as session:
             result = session.execute(stmt)

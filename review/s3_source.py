@@ -1,6 +1,8 @@
 """Reading verdicts from the agents' S3 mirror instead of their databases.
 
-The agent mirrors each anomalous verdict as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with
+Every agent of a fleet may mirror into the same bucket and prefix: the first folder under the prefix names the
+agent, and the review database keys verdicts by (agent, camera, frame). The agent mirrors each anomalous verdict
+as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with
 ``<frame>.heatmap.jpg`` (or ``.png``) and the original (``<frame><ext>``) beside it; normal verdicts come in
 gzipped JSON-lines batches (``batch-<HHMMSS>-<hash>.jsonl.gz``, one record per line) in the same folders, or as
 single ``.json`` records when the agent runs with ``normal_verdicts: each``. A sync copies new
@@ -51,9 +53,13 @@ def s3_client(cfg: S3Source) -> Any:
     return make_client(cfg)[0]
 
 
-def parse_record(body: bytes) -> VerdictRecord:
-    """A verdict record from the JSON the agent mirrors (extra keys such as ``message_id`` are ignored)."""
+def parse_record(body: bytes, agent: str = "") -> VerdictRecord:
+    """A verdict record from the JSON the agent mirrors (extra keys such as ``message_id`` are ignored).
+
+    ``agent`` (from the object's key) fills in records written before verdicts named their agent.
+    """
     data = json.loads(body)
+    data.setdefault("agent", agent)
     values = {name: data[name] for name in _RECORD_FIELDS}
     for key in ("captured_at", "processed_at"):
         values[key] = datetime.fromisoformat(values[key])
@@ -72,6 +78,11 @@ def _download(client: Any, bucket: str, key: str, cache_dir: Path) -> str:
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     target.write_bytes(body)
     return str(target)
+
+
+def agent_of(key: str, prefix: str) -> str:
+    """The agent folder of an object key: ``<prefix><agent>/<camera>/...``."""
+    return key[len(prefix) :].split("/", 1)[0] if key.startswith(prefix) else ""
 
 
 def _list_keys(client: Any, cfg: S3Source) -> list[str]:
@@ -96,15 +107,16 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
         return report
     present = set(keys)
     with store.engine.connect() as conn:
-        known = {(c, f) for c, f in conn.execute(select(Verdict.camera, Verdict.frame_id))}
+        known = {tuple(row) for row in conn.execute(select(Verdict.agent, Verdict.camera, Verdict.frame_id))}
     records = [k for k in keys if k.endswith(".json")][: cfg.max_objects]
     report.listed = len(records)
     for key in [k for k in keys if k.endswith(BATCH_SUFFIX)][: cfg.max_objects]:
-        _sync_batch(client, cfg.bucket, key, store, known, report, secrets)
+        _sync_batch(client, cfg, key, store, known, report, secrets)
     for key in records:
         try:
-            record = parse_record(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read())
-            if (record.camera, record.frame_id) in known:
+            body = client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+            record = parse_record(body, agent_of(key, cfg.prefix))
+            if _identity(record) in known:
                 report.known += 1  # known: nothing to download
                 continue
             stem = key[: -len(".json")]
@@ -123,12 +135,16 @@ def sync_from_s3(cfg: S3Source, store: ReviewStore, client: Any | None = None) -
     return report
 
 
+def _identity(record: VerdictRecord) -> tuple[str, str, str]:
+    return record.agent, record.camera, record.frame_id
+
+
 def _sync_batch(
     client: Any,
-    bucket: str,
+    cfg: S3Source,
     key: str,
     store: ReviewStore,
-    known: set[tuple[str, str]],
+    known: set[tuple[Any, ...]],
     report: SyncReport,
     secrets: list[str | None],
 ) -> None:
@@ -136,7 +152,7 @@ def _sync_batch(
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        lines = gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+        lines = gzip.decompress(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()).splitlines()
     except (BotoCoreError, ClientError, OSError, EOFError) as err:
         report.errors += 1
         log.warning("S3 batch %s not read: %s", key, redact(str(err), secrets))
@@ -144,7 +160,7 @@ def _sync_batch(
     report.batches += 1
     for number, line in enumerate(lines, 1):
         try:
-            record = parse_record(line)
+            record = parse_record(line, agent_of(key, cfg.prefix))
         except (ValueError, KeyError, TypeError) as err:
             report.errors += 1
             log.warning("S3 batch %s line %d skipped: %s", key, number, err)
@@ -152,11 +168,11 @@ def _sync_batch(
         _store_new(record, store, known, report)
 
 
-def _store_new(record: VerdictRecord, store: ReviewStore, known: set[tuple[str, str]], report: SyncReport) -> None:
+def _store_new(record: VerdictRecord, store: ReviewStore, known: set[tuple[Any, ...]], report: SyncReport) -> None:
     """Copy one record into the review database unless it is already there; counted in ``report``."""
-    if (record.camera, record.frame_id) in known:
+    if _identity(record) in known:
         report.known += 1
         return
     _, created = store.store.record(record, [])
     report.added += int(created)
-    known.add((record.camera, record.frame_id))
+    known.add(_identity(record))

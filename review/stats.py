@@ -31,6 +31,13 @@ from review.config import DriftSection
 Bucket = Literal["hour", "day"]
 
 
+def by_station(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with cameras named ``<agent>/<camera>`` when it holds several agents (two lines may share ``cam1``)."""
+    if "agent" not in df or df["agent"].nunique() <= 1:
+        return df
+    return df.assign(camera=df["agent"].astype(str) + "/" + df["camera"].astype(str))
+
+
 def counts_over_time(df: pd.DataFrame, bucket: Bucket = "hour") -> pd.DataFrame:
     """Frames and defects (anomalous verdicts) per time bucket and camera: columns time, camera, frames, defects."""
     if df.empty:

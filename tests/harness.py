@@ -50,6 +50,7 @@ class Service:
     """A subprocess that can be stopped and started again on the same port."""
 
     host = "127.0.0.1"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, name: str, port: int, log_path: Path) -> None:
         self.name, self.port, self.log_path = name, port, log_path
@@ -58,6 +59,10 @@ class Service:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def popen_kwargs(self) -> dict[str, object]:
+        """Extra ``subprocess.Popen`` arguments (e.g. the user to run as)."""
+        return {}
+
     def ready(self) -> bool:
         return port_open(self.host, self.port)
 
@@ -65,7 +70,9 @@ class Service:
         if self.running:
             return
         with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(self.command(), stdout=log_file, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(  # type: ignore[call-overload]
+                self.command(), stdout=log_file, stderr=subprocess.STDOUT, **self.popen_kwargs()
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -81,7 +88,7 @@ class Service:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

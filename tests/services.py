@@ -3,6 +3,7 @@
 Import the fixtures into a test module with ``from tests.services import mosquitto, moto_s3  # noqa: F401``
 (``mosquitto_auth``: password only; ``mosquitto_tls``: TLS with a throwaway CA, passwords, no anonymous).
 Both objects have ``stop()`` / ``start()`` to simulate an outage; they come back on the same port.
+``postgres``: a PostgreSQL cluster of its own; ``pg_url``: a fresh database on it per test.
 Note: moto keeps its state in memory, so a restarted moto server has no buckets. The services themselves live in
 ``tests/harness.py`` (the benchmarks use them too).
 """
@@ -24,8 +25,9 @@ from tests.harness import (
     free_port,
     moto_binary,
 )
+from tests.postgres import PostgresService, postgres_bin_dir
 
-__all__ = ["free_port", "mosquitto", "mosquitto_auth", "mosquitto_tls", "moto_s3"]
+__all__ = ["free_port", "mosquitto", "mosquitto_auth", "mosquitto_tls", "moto_s3", "pg_url", "postgres"]
 
 
 def _running(service: Service, timeout: float = 20.0) -> Iterator[Service]:
@@ -75,3 +77,23 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory):
         pytest.fail('moto_server not found: pip install "moto[server]"')
     service = MotoS3Service(tmp_path_factory.mktemp("moto"), binary)
     yield from _running(service, timeout=60.0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A running PostgreSQL cluster of its own (``url(db)``, ``create_database(name)``), removed at session end."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL server binaries not found under /usr/lib/postgresql: apt-get install -y postgresql")
+    service = PostgresService(bin_dir)
+    try:
+        yield from _running(service, timeout=60)
+    finally:
+        service.remove()
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """URL of a fresh, empty database on the session's PostgreSQL cluster (one per test)."""
+    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:50] + os.urandom(3).hex()
+    return postgres.create_database(name)

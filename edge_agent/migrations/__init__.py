@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -48,20 +49,39 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Apply migrations up to ``revision`` in one transaction; return the revision reached."""
-    cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    _run(engine, lambda cfg: command.upgrade(cfg, revision))
     return current_revision(engine)
 
 
 def downgrade(engine: Engine, revision: str) -> str | None:
     """Revert migrations down to ``revision`` ("base" for an empty schema); return the revision reached."""
-    cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    _run(engine, lambda cfg: command.downgrade(cfg, revision))
     return current_revision(engine)
+
+
+def _run(engine: Engine, step: Callable[[Config], None]) -> None:
+    """Run ``step`` in one transaction; on SQLite with foreign keys off, checked before the commit.
+
+    SQLite rebuilds a table to change a constraint; dropping the old ``verdicts`` with foreign keys on would delete
+    every outbox and feedback row through ``ON DELETE CASCADE``. The pragma only takes effect outside a
+    transaction, so it is set on the driver's connection before the transaction begins.
+    """
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+        enforced = raw is not None and raw.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                step(cfg)
+                if raw is not None and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    msg = f"migration left rows whose parent is missing: {broken[:5]}"
+                    raise RuntimeError(msg)
+        finally:
+            if raw is not None and enforced:
+                raw.execute("PRAGMA foreign_keys = ON")
 
 
 def migrate_to_head(engine: Engine, sqlite_file: Path | None = None) -> str:

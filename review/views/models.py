@@ -128,7 +128,10 @@ def render(ctx: Context) -> None:
     in_use = ctx.store.models_in_use()
     if not in_use.empty:
         st.subheader("What each camera runs")
-        st.caption("The model of each camera's latest verdict; every verdict records the version that scored it.")
+        st.caption(
+            "The model of each camera's latest verdict, per agent (line); every verdict records the version that "
+            "scored it."
+        )
         st.dataframe(in_use, hide_index=True)
     paths = ctx.cfg.paths
     bundles = mi.find_bundles(paths.bundles_dir, paths.runs_dir)
@@ -164,6 +167,9 @@ def render(ctx: Context) -> None:
             f"{update.get('false_alarms_still_alarming_after', '?')} after; test image AUROC "
             f"{update.get('test_auroc_before', math.nan):.3f} -> {update.get('test_auroc_after', math.nan):.3f}."
         )
+        if "type_head" in update:
+            used = update.get("type_head_feedback_used", 0)
+            st.caption(f"Type head: {update['type_head']} ({used} confirmed defects).")
         st.dataframe(_scalars(update), hide_index=True)
     roles = man.get("models", {})
     for role, entry in sorted(roles.items(), key=lambda kv: (kv[0] != "scorer", kv[0])):

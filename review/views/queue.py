@@ -23,8 +23,9 @@ def filters(ctx: Context) -> QueueFilter:
     """The filter widgets and the filter they describe."""
     store = ctx.store
     with st.expander("Filters", expanded=True):
-        c1, c2, c3 = st.columns(3)
-        cameras = c1.multiselect("Camera", store.cameras(), key="q_cameras")
+        c0, c1, c2, c3 = st.columns(4)
+        agents = c0.multiselect("Agent (line)", store.agents(), key="q_agents")
+        cameras = c1.multiselect("Camera", store.cameras(tuple(agents)), key="q_cameras")
         types = c2.multiselect("Defect type (predicted or confirmed)", [NO_TYPE, *store.defect_types()], key="q_types")
         reviewed = c3.radio("Review status", list(REVIEWED), key="q_reviewed", horizontal=True)
         c4, c5 = st.columns(2)
@@ -48,7 +49,7 @@ def filters(ctx: Context) -> QueueFilter:
         low, high = c5.slider(
             "Normalised score (0 = typical normal, 0.5 = threshold)", 0.0, 1.0, (0.0, 1.0), 0.01, key="q_score"
         )
-    return QueueFilter(tuple(cameras), since, until, tuple(types), low, high, REVIEWED[reviewed])
+    return QueueFilter(tuple(cameras), since, until, tuple(types), low, high, REVIEWED[reviewed], agents=tuple(agents))
 
 
 def _flash() -> None:
@@ -117,7 +118,8 @@ def feedback_form(ctx: Context, row: ReviewRow, known_types: list[str]) -> None:
 def card(ctx: Context, row: ReviewRow, known_types: list[str]) -> None:
     """One verdict: original with the thresholded region outlined, heatmap, score against threshold, model."""
     with st.container(border=True, key=f"card_{row.id}"):
-        st.markdown(f"**#{row.id}** · camera `{row.camera}` · {fmt_time(row.processed_at)} · `{row.frame_id}`")
+        where = f"agent `{row.agent}` · camera `{row.camera}`"
+        st.markdown(f"**#{row.id}** · {where} · {fmt_time(row.processed_at)} · `{row.frame_id}`")
         left, middle, right = st.columns([1, 1, 1.3])
         heatmap = ctx.media(row.heatmap_path)
         original = ctx.media(row.image_path)
@@ -190,6 +192,7 @@ def render(ctx: Context) -> None:
             {
                 "id": [r.id for r in rows],
                 "time (UTC)": [fmt_time(r.processed_at) for r in rows],
+                "agent": [r.agent for r in rows],
                 "camera": [r.camera for r in rows],
                 "score": [r.score for r in rows],
                 "threshold": [r.threshold for r in rows],

@@ -89,12 +89,12 @@ def _false_alarms(df: pd.DataFrame) -> None:
     st.caption("Rate = false alarms / (false alarms + confirmed defects), latest review per frame; unsure left out.")
 
 
-def _drift(ctx: Context, cameras: tuple[str, ...]) -> None:
+def _drift(ctx: Context, cameras: tuple[str, ...], agents: tuple[str, ...]) -> None:
     rule = ctx.cfg.drift
     st.subheader("Drift of normal scores")
     now = datetime.now(UTC)
     since = now - timedelta(hours=rule.recent_hours + rule.reference_hours)
-    results = stats.drift(ctx.store.frame(since, cameras), rule, now)
+    results = stats.drift(stats.by_station(ctx.store.frame(since, cameras, agents=agents)), rule, now)
     st.caption(
         f"Per camera and model, raw scores of frames judged normal: the last {rule.recent_hours:g} h against the "
         f"{rule.reference_hours:g} h before. Warns when both windows hold at least {rule.min_samples} frames and "
@@ -135,12 +135,13 @@ def _drift(ctx: Context, cameras: tuple[str, ...]) -> None:
 def render(ctx: Context) -> None:
     """The statistics page."""
     st.title("Statistics")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     codes = list(RANGES)
     span = c1.selectbox("Time range", codes, index=codes.index("7d"), format_func=range_label, key="s_range")
     bucket = c2.radio("Per", ["hour", "day"], key="s_bucket", horizontal=True)
-    cameras = tuple(c3.multiselect("Camera", ctx.store.cameras(), key="s_cameras"))
-    df = ctx.store.frame(since_for(span), cameras)
+    agents = tuple(c3.multiselect("Agent (line)", ctx.store.agents(), key="s_agents"))
+    cameras = tuple(c4.multiselect("Camera", ctx.store.cameras(agents), key="s_cameras"))
+    df = stats.by_station(ctx.store.frame(since_for(span), cameras, agents=agents))
     if df.empty:
         st.info("No verdicts in this range.")
     else:
@@ -153,4 +154,4 @@ def render(ctx: Context) -> None:
         _time_charts(df, "hour" if bucket == "hour" else "day")
         _type_and_score_charts(df)
         _false_alarms(df)
-    _drift(ctx, cameras)
+    _drift(ctx, cameras, agents)

@@ -3,14 +3,16 @@ data marks those alarms false; ``update`` builds version 2; the agent swaps to i
 afterwards the same kind of frames score below the threshold, and no frame is lost or scored twice.
 
 Real parts: the bottle int8 bundle, the agent (folder camera, SQLite), mosquitto, S3 through moto's server, the
-review database filled by ``sync-s3`` (SQLite here), the review export and ``linewatch-train update``. Prints the
-figures of the closing note: time from feedback to version 2 running, frames/s before and during the swap,
-test-split image AUROC before and after.
+review database on a real PostgreSQL server filled by ``sync-s3``, the review export and ``linewatch-train
+update``. Then a version 3 whose scorer does not match its manifest's hash is refused, and version 2 goes on.
+Prints the figures of the closing note: time from feedback to version 2 running, frames/s before and during the
+swap, test-split image AUROC before and after.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -27,7 +29,7 @@ from review.config import S3Source
 from review.db import QueueFilter, ReviewStore
 from review.s3_source import sync_from_s3
 from tests.harness import Subscriber, wait_until
-from tests.services import mosquitto, moto_s3  # noqa: F401
+from tests.services import mosquitto, moto_s3, pg_url, postgres  # noqa: F401
 from training.cli import main as train_main
 
 DIM = 0.85
@@ -47,7 +49,7 @@ def rows(db: Path) -> list[tuple[str, str, int]]:
 
 
 def test_feedback_becomes_version_2_on_the_running_agent(
-    tmp_path, bottle_bundle, bottle_config, datasets_root, mosquitto, moto_s3, monkeypatch, capsys
+    tmp_path, bottle_bundle, bottle_config, datasets_root, mosquitto, moto_s3, pg_url, monkeypatch, capsys, caplog
 ):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
@@ -98,9 +100,8 @@ def test_feedback_becomes_version_2_on_the_running_agent(
         assert sum(a for f, _, a in rows(db) if f.startswith("a")) >= 8
         wait_until(lambda: agent.store.queue_depths()["s3"] == 0, 30, "the S3 mirror")
 
-        # 2. the review page's data: synced from S3, the alarms marked false alarm
-        review_db = tmp_path / "review.db"
-        review = ReviewStore(f"sqlite:///{review_db}")
+        # 2. the review page's data (PostgreSQL): synced from S3, the alarms marked false alarm
+        review = ReviewStore(pg_url)
         source = S3Source(bucket="lw-loop", endpoint_url=moto_s3.endpoint_url, cache_dir=tmp_path / "cache")
         assert sync_from_s3(source, review).errors == 0
         feedback_at = time.monotonic()
@@ -111,7 +112,7 @@ def test_feedback_becomes_version_2_on_the_running_agent(
         # 3. version 2 from that feedback, rolled out while frames keep arriving
         out = bundles / "v2"
         args = ["update", "--config", str(bottle_config), "--bundle", str(bundles / "current")]
-        assert train_main([*args, "--feedback", f"sqlite:///{review_db}", "--out", str(out)]) == 0
+        assert train_main([*args, "--feedback", pg_url, "--out", str(out)]) == 0
         report = json.loads(capsys.readouterr().out)
         # frames of the new batch the reviewer never saw, 20 at once, and the roll-out right after them
         started = time.monotonic()
@@ -124,12 +125,26 @@ def test_feedback_becomes_version_2_on_the_running_agent(
         running_at = time.monotonic()
         wait_until(lambda: len(rows(db)) == 55, 60, "every frame")
         fps_during = 20 / (time.monotonic() - started)
+
+        # 4. a version 3 whose scorer does not match its manifest: refused, version 2 goes on
+        shutil.copytree(out, bundles / "v3")
+        with (bundles / "v3" / "scorer.tflite").open("ab") as fh:
+            fh.write(b"tampered")
+        with caplog.at_level(logging.ERROR, logger="edge_agent.rollout"):
+            tmp_link.symlink_to("v3")
+            os.replace(tmp_link, bundles / "current")
+            wait_until(lambda: "refused" in caplog.text, 10, "the refusal of version 3")
+        assert "SHA-256 of scorer.tflite" in caplog.text and "the running one goes on" in caplog.text
+        for i in range(5):
+            drop(incoming, f"c{i:02d}.png", goods[i])
+        wait_until(lambda: len(rows(db)) == 60, 60, "frames after the refusal")
     finally:
         agent.stop()
     scored = rows(db)
     names = [f"w{i:02d}.png" for i in range(5)] + [f"n{i:02d}.png" for i in range(20)]
     names += [f"a{i:02d}_dim.png" for i in range(10)]
-    assert sorted(f for f, _, _ in scored) == sorted(names + [f"b{i:02d}_dim.png" for i in range(20)])  # once each
+    names += [f"b{i:02d}_dim.png" for i in range(20)] + [f"c{i:02d}.png" for i in range(5)]
+    assert sorted(f for f, _, _ in scored) == sorted(names)  # once each
     versions = [v for _, v, _ in scored]
     v2 = versions[-1]
     assert versions[0] == v1 and v2 != v1 and set(versions) == {v1, v2}

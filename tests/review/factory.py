@@ -57,6 +57,7 @@ def record(
     defect_type: str | None = None,
     image_path: str | None = None,
     heatmap_path: str | None = None,
+    agent: str = "line1",
 ) -> VerdictRecord:
     """A verdict as the pipeline builds it (normalised score from the same calibration formula)."""
     normalised = float(np.clip(0.5 * (score - center) / (threshold - center), 0.0, 1.0))
@@ -78,6 +79,7 @@ def record(
         heatmap_path=heatmap_path,
         image_path=image_path,
         latency_ms=30.0,
+        agent=agent,
     )
 
 
@@ -98,8 +100,12 @@ def alarm_media(source: Path, folder: Path) -> tuple[str, str]:
     return str(image_path), str(heatmap_path)
 
 
+LINES = {"cam1": "line1", "cam2": "line2"}
+
+
 def fill_queue_db(db_path: Path, datasets_root: Path, media: Path) -> dict[str, list[int]]:
-    """Alarms on two cameras (real bottle images and heatmaps) and normal frames; ids by kind."""
+    """Alarms on two cameras of two lines (``cam1`` on agent line1, ``cam2`` on line2; real bottle images and
+    heatmaps) and normal frames; ids by kind."""
     test_dir = datasets_root / "mvtec_ad" / "bottle" / "test"
     now = datetime.now(UTC)
     store = Store(f"sqlite:///{db_path}")
@@ -114,12 +120,12 @@ def fill_queue_db(db_path: Path, datasets_root: Path, media: Path) -> dict[str, 
         ]
         for camera, path, score, kind, hours in alarms:
             image, heatmap = alarm_media(path, media / camera / path.parent.name)
-            rec = record(
-                camera, f"{path.parent.name}_{path.name}", now - timedelta(hours=hours), score, defect_type=kind
-            )
+            at, line = now - timedelta(hours=hours), LINES[camera]
+            rec = record(camera, f"{path.parent.name}_{path.name}", at, score, defect_type=kind, agent=line)
             ids[camera].append(store.record(replace(rec, image_path=image, heatmap_path=heatmap), [])[0])
         for i in range(20):
-            rec = record("cam1" if i % 2 else "cam2", f"ok_{i:03d}.png", now - timedelta(minutes=20 * i), 5.0 + i % 4)
+            camera = "cam1" if i % 2 else "cam2"
+            rec = record(camera, f"ok_{i:03d}.png", now - timedelta(minutes=20 * i), 5.0 + i % 4, agent=LINES[camera])
             ids["normal"].append(store.record(rec, [])[0])
     finally:
         store.close()

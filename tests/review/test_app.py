@@ -113,6 +113,10 @@ def test_queue_filters(queue_env):
     at.multiselect(key="q_cameras").set_value(["cam2"]).run()
     assert queue_ids(at) == [ids["cam2"][0], ids["cam2"][1]]  # newest first
     at.multiselect(key="q_cameras").set_value([]).run()
+    assert at.multiselect(key="q_agents").options == ["line1", "line2"]
+    at.multiselect(key="q_agents").set_value(["line1"]).run()  # a fleet: one line's alarms, its cameras only
+    assert sorted(queue_ids(at)) == sorted(ids["cam1"]) and at.multiselect(key="q_cameras").options == ["cam1"]
+    at.multiselect(key="q_agents").set_value([]).run()
     at.multiselect(key="q_types").set_value(["contamination"]).run()
     assert queue_ids(at) == [ids["cam1"][2]]
     at.multiselect(key="q_types").set_value(["(none)"]).run()

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from edge_agent import migrations
-from edge_agent.store import Feedback, Store
+from edge_agent.store import Base, Feedback, Store
 from review.auth import User
 from review.db import FeedbackRefusedError, QueueFilter, ReviewStore
 from tests.review.factory import record
+from tests.services import pg_url, postgres  # noqa: F401
 
 RITA = User("rita", "reviewer")
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The review store on a SQLite file and on a real PostgreSQL server: same URL form, same migrations."""
+    url = f"sqlite:///{tmp_path / 'r.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = ReviewStore(url)
     now = datetime.now(UTC)
     for i, (camera, score, kind) in enumerate(
         [("a", 20.0, "crack"), ("a", 12.0, None), ("b", 30.0, "dent"), ("b", 4.0, None)]
@@ -128,9 +132,20 @@ def test_sql_never_built_from_strings():
         assert not re.search(r"[\"'](SELECT|INSERT|UPDATE|DELETE) ", source), path
 
 
-def test_feedback_written_by_the_page_is_plain_sql_data(store, tmp_path):
+def test_feedback_written_by_the_page_is_plain_sql_data(store):
     vid = store.queue(QueueFilter())[0].id
     store.add_feedback(RITA, vid, "unsure", note="Robert'); DROP TABLE verdicts;--")
-    with sqlite3.connect(tmp_path / "r.db") as conn:
-        assert conn.execute("SELECT note FROM feedback").fetchone()[0].startswith("Robert')")
-        assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 4
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT note FROM feedback")).scalar_one().startswith("Robert')")
+        assert conn.execute(text("SELECT COUNT(*) FROM verdicts")).scalar_one() == 4
+
+
+def test_schema_matches_models_and_migrations_round_trip(store):
+    """On both backends: the migrated schema is the models' schema; down to base and up again works."""
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    assert migrations.downgrade(store.engine, "base") is None
+    assert inspect(store.engine).get_table_names() == ["alembic_version"]
+    assert migrations.upgrade(store.engine) == migrations.head_revision()
+    uniques = {tuple(u["column_names"]) for u in inspect(store.engine).get_unique_constraints("verdicts")}
+    assert ("camera", "frame_id", "agent") in uniques

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,6 +39,7 @@ def verdict(frame_id: str, camera: str = "cam1", anomalous: bool = True, at: dat
         heatmap_path=None,
         image_path=f"/data/{frame_id}.png",
         latency_ms=12.5,
+        agent="line1",
     )
 
 
@@ -73,7 +75,7 @@ def test_migrations_create_schema_matching_models(store, db_url):
     }
     assert "ix_outbox_pending" in {i["name"] for i in insp.get_indexes("outbox")}
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("verdicts")}
-    assert ("camera", "frame_id") in uniques
+    assert ("camera", "frame_id", "agent") in uniques
     assert ("channel", "key") in {tuple(u["column_names"]) for u in insp.get_unique_constraints("outbox")}
     assert migrations.current_revision(store.engine) == migrations.head_revision()
     with store.engine.connect() as conn:
@@ -301,3 +303,43 @@ def test_other_urls_are_not_files(tmp_path):
         assert mem.integrity_ok()
     finally:
         mem.close()
+
+
+def test_fleet_migration_keeps_outbox_and_feedback_rows(tmp_path):
+    """0004 -> head rebuilds ``verdicts`` on SQLite; with foreign keys on, the old table's drop would cascade."""
+    path = tmp_path / "fleet.db"
+    engine = create_engine(f"sqlite:///{path}")
+    assert migrations.upgrade(engine, "0004") == "0004"
+    engine.dispose()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(
+            "INSERT INTO verdicts (camera, source, frame_id, captured_at, processed_at, model_name, model_version,"
+            " model_hash, score, normalised_score, threshold, anomalous, latency_ms)"
+            " VALUES ('cam1', 'folder', 'old', '2025-01-01 00:00:00', '2025-01-01 00:00:00', 'm', '1', 'h',"
+            " 0.9, 0.9, 0.5, 1, 3.0)"
+        )
+        conn.execute(
+            "INSERT INTO outbox (verdict_id, channel, key, content_type, status, attempts, next_attempt_at,"
+            " created_at) VALUES (1, 's3', 'k', 'application/json', 'pending', 0, '2025-01-01', '2025-01-01')"
+        )
+        conn.execute(
+            "INSERT INTO feedback (verdict_id, label, reviewer, created_at)"
+            " VALUES (1, 'false_alarm', 'ann', '2025-01-01')"
+        )
+    conn.close()
+
+    s = Store(f"sqlite:///{path}")
+    try:
+        with s.engine.connect() as c:
+            assert c.exec_driver_sql("SELECT agent, frame_id FROM verdicts").all() == [("", "old")]
+            assert c.exec_driver_sql("SELECT count(*) FROM outbox").scalar() == 1
+            assert c.exec_driver_sql("SELECT count(*) FROM feedback").scalar() == 1
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for the store's connections
+        assert s.adopt("line1") == 1 and s.adopt("line1") == 0
+        assert s.has_verdict("cam1", "old")
+        assert s.record(verdict("old"), [])[1] is False  # the adopted row is the same frame
+        assert s.record(replace(verdict("old"), agent="line2"), [])[1] is True  # another line's cam1 may share it
+    finally:
+        s.close()
