@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install linewatch with its extras
 
-system-deps:  ## Debian packages the tests need (mosquitto, Chromium for the review page, shellcheck); installs them when missing and root
+system-deps:  ## Debian packages the tests need (mosquitto, PostgreSQL server, Chromium for the review page, shellcheck); installs them when missing and root
 	@missing=""; \
 	  { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	  command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
 	  if [ -n "$$missing" ]; then \
@@ -80,6 +81,10 @@ bench-pipeline: install system-deps  ## edge pipeline frames/s and latency vs sc
 bench-s3: install system-deps  ## S3 requests per 1,000 frames, per-frame objects vs batches, monthly cost per camera
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.s3_requests --bundle bundles/demo-bottle --datasets $(DATASETS)
+
+bench-rollout: install  ## frames/s around a bundle swap (the running agent loads, warms and swaps) vs steady
+	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
+	$(PY) -m bench.rollout_bench --bundle bundles/demo-bottle --datasets $(DATASETS)
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle

@@ -1,5 +1,6 @@
 """Shared fixtures: the real data sets beside the repo, the committed downscaled images, and a small real
-bottle run + int8 bundle built once per session (integration and review tests share it)."""
+bottle run (PatchCore, autoencoder, type head) + int8 bundle (scorer and type head in one graph) built once per
+session (integration and review tests share it)."""
 
 from __future__ import annotations
 
@@ -51,9 +52,14 @@ def bottle_config(tmp_path_factory, datasets_root):
 @pytest.fixture(scope="session")
 def bottle_run(tmp_path_factory, bottle_config):
     from training.cli import main  # imported here: unit tests never load the training stack
+    from training.config import load_train_config
+    from training.data import load_dataset
+    from training.type_head import train_type_head
 
     run = tmp_path_factory.mktemp("bottle") / "run"
     assert main(["train", "--config", str(bottle_config), "--out", str(run), "--models", "patchcore,autoencoder"]) == 0
+    splits = load_dataset(load_train_config(bottle_config).dataset)  # the defect types, as `train` fits them
+    assert train_type_head(splits, run / "patchcore", run / "type-head", folds=2) is not None
     return run
 
 
@@ -62,6 +68,6 @@ def bottle_bundle(bottle_run, bottle_config, tmp_path_factory):
     from model_export.cli import main as export_main
 
     out = tmp_path_factory.mktemp("bundles") / "bottle"
-    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
+    args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out)]  # classifier: the type head
     assert export_main(args) == 0
     return out

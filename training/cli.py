@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--media-root", type=Path, default=Path("."), help="where the review DB's image paths are")
     update.add_argument("--out", required=True, type=Path, help="folder of the new version (must not exist)")
     update.add_argument("--max-drop", type=float, default=0.01, help="largest test image AUROC drop allowed (0.01)")
+    update.add_argument(
+        "--min-defects", type=int, default=3, help="confirmed defects needed to re-fit the type head (3)"
+    )
     return parser
 
 
@@ -66,7 +69,7 @@ def cmd_update(args: argparse.Namespace, cfg: TrainConfig) -> int:
             finally:
                 store.close()
             feedback = str(Path(tmp) / "export")
-        report = update_bundle(args.bundle, cfg, Path(feedback), args.out, args.max_drop)
+        report = update_bundle(args.bundle, cfg, Path(feedback), args.out, args.max_drop, args.min_defects)
     print(json.dumps(report, indent=2, default=float))
     return 0
 

@@ -9,8 +9,9 @@ validation scores pooled with leave-one-out scores of the training images). The 
 original test split against the old one (image AUROC may not drop by more than the gate) and on the feedback
 frames themselves; the report says what changed and goes into the manifest (``metrics.update``).
 
-Confirmed defects are counted; the defect-type model is carried over unchanged (retraining it from feedback is
-not part of this step).
+Frames a reviewer confirmed as defects with a type re-fit the bundle's type head when there are enough of them
+(:mod:`training.update_types`); a bundle with another kind of defect-type model keeps it and the report counts
+the frames.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import numpy as np
 from edge_agent.bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from edge_agent.errors import LinewatchError
 from edge_agent.inspector import backbone_patches
-from edge_agent.manifest import PatchCoreParams, parse_manifest
+from edge_agent.manifest import PatchCoreParams, TypeHeadParams, parse_manifest
 from edge_agent.preprocess import PreprocessSpec, prepare, read_image
 from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, fit_calibration, image_score
+from edge_agent.type_head import TypeHead, type_features
 from training import metrics
 from training.config import TrainConfig
-from training.data import load_dataset, load_images
+from training.data import Sample, load_dataset, load_images
+from training.update_types import TypeRefit, refit_type_head
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,19 @@ class BankScorer:
             out.append(patches.astype(np.float32))
         return out, grid
 
+    def type_features(self, images: np.ndarray, bank: np.ndarray) -> np.ndarray:
+        """Type-head features (:func:`edge_agent.type_head.type_features`) of prepared images against ``bank``."""
+        index = NearestNeighbourIndex(bank, self.threads)
+        out = []
+        for image in images:
+            patches, grid, _, deeper = backbone_patches(
+                self.model, image, self.spec, self.params.pool, self.params.patch_taps
+            )
+            if not deeper:
+                raise UpdateError("the scorer graph has no deeper tap: its bundle has no type head")
+            out.append(type_features(patches.astype(np.float32), index.distances(patches), grid, deeper[0]))
+        return np.stack(out)
+
     def scores(
         self, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray, leave_own_out: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -132,14 +148,16 @@ def _prepared(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
     return np.stack([prepare(read_image(p), spec) for p in paths])
 
 
-def update_bundle(bundle_dir: Path, cfg: TrainConfig, feedback_dir: Path, out: Path, max_drop: float) -> dict[str, Any]:
+def update_bundle(
+    bundle_dir: Path, cfg: TrainConfig, feedback_dir: Path, out: Path, max_drop: float, min_defects: int = 3
+) -> dict[str, Any]:
     """Build the next version of ``bundle_dir`` in ``out`` from the review export ``feedback_dir``; the report."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
     scorer = BankScorer(bundle)
     feedback = Feedback.read(feedback_dir)
-    if not feedback.false_alarms:
-        raise UpdateError(f"{feedback_dir}: no frame marked false alarm; nothing to learn for the scorer")
+    if not feedback.false_alarms and not feedback.defects:
+        raise UpdateError(f"{feedback_dir}: no frame marked false alarm or confirmed defect; nothing to learn")
     splits = load_dataset(cfg.dataset)
     spec = scorer.spec
     train_patches, grid = scorer.patches(load_images(splits.train, spec)[0])
@@ -147,7 +165,7 @@ def update_bundle(bundle_dir: Path, cfg: TrainConfig, feedback_dir: Path, out: P
     index = NearestNeighbourIndex(bank, scorer.threads)
     radius = float(max(index.distances(p).max() for p in train_patches))
     alarm_patches, _ = scorer.patches(_prepared(feedback.false_alarms, spec))
-    new_bank, added = extend_bank(bank, np.concatenate(alarm_patches), radius)
+    new_bank, added = extend_bank(bank, np.concatenate(alarm_patches), radius) if alarm_patches else (bank, 0)
     loo, _ = scorer.scores(train_patches, grid, new_bank, leave_own_out=True)
     val_patches, _ = scorer.patches(load_images(splits.validation, spec)[0])
     val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)
@@ -162,26 +180,58 @@ def update_bundle(bundle_dir: Path, cfg: TrainConfig, feedback_dir: Path, out: P
     test_patches, _ = scorer.patches(test_images)
     labels = np.array([s.label for s in test_samples])
     before = {
-        "alarms": scorer.scores(alarm_patches, grid, bank)[0],
+        "alarms": scorer.scores(alarm_patches, grid, bank)[0] if alarm_patches else np.zeros(0),
         "defects": scorer.scores(defect_patches, grid, bank)[0] if defect_paths else np.zeros(0),
         "test": scorer.scores(test_patches, grid, bank)[0],
     }
     after = {
-        "alarms": scorer.scores(alarm_patches, grid, new_bank)[0],
+        "alarms": scorer.scores(alarm_patches, grid, new_bank)[0] if alarm_patches else np.zeros(0),
         "defects": scorer.scores(defect_patches, grid, new_bank)[0] if defect_paths else np.zeros(0),
         "test": scorer.scores(test_patches, grid, new_bank)[0],
     }
     report = _report(bundle, feedback, before, after, labels, old_threshold, calibration.threshold)
     report.update(bank_rows_added=added, bank_rows=len(new_bank), coverage_radius=radius)
+    types = _refit_types(bundle, scorer, new_bank, feedback, test_images, test_samples, cfg, min_defects)
+    report.update(types.report)
+    check_gate(report, max_drop)  # before anything is written: a refused update leaves no folder
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _write_bundle(bundle, out, new_bank, calibration.to_dict(), report, types.head)
+    return report
+
+
+def check_gate(report: dict[str, Any], max_drop: float) -> None:
+    """UpdateError when the test split's image AUROC dropped by more than ``max_drop``."""
     drop = report["test_auroc_before"] - report["test_auroc_after"]
     if drop > max_drop:
         msg = (
             f"update refused: test image AUROC {report['test_auroc_after']:.4f}, was {report['test_auroc_before']:.4f}"
         )
         raise UpdateError(f"{msg} (drop {drop:.4f} > gate {max_drop})")
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    _write_bundle(bundle, out, new_bank, calibration.to_dict(), report)
-    return report
+
+
+def _refit_types(
+    bundle: Bundle,
+    scorer: BankScorer,
+    bank: np.ndarray,
+    feedback: Feedback,
+    test_images: np.ndarray,
+    test_samples: list[Sample],
+    cfg: TrainConfig,
+    min_defects: int,
+) -> TypeRefit:
+    """The type head re-fitted with the confirmed defects (:mod:`training.update_types`), when the bundle has one."""
+    entry = bundle.models.get("classifier")
+    if entry is None or entry.kind != "type_head" or not isinstance(entry.params, TypeHeadParams):
+        kind = "no defect-type model" if entry is None else f"a {entry.kind}"
+        return TypeRefit(None, {"type_head": f"not re-fitted: the bundle has {kind}"})
+    old = TypeHead.load(bundle.path / entry.params.head)
+    known = [i for i, s in enumerate(test_samples) if s.label == 1 and s.defect_type in old.class_names]
+    base_x = scorer.type_features(test_images[known], bank)
+    base_types = [str(test_samples[i].defect_type) for i in known]
+    feedback_types = [t for t, paths in feedback.defects.items() for _ in paths]
+    paths = [p for ps in feedback.defects.values() for p in ps]
+    feedback_x = scorer.type_features(_prepared(paths, scorer.spec), bank) if paths else np.zeros((0, old.n_features))
+    return refit_type_head(old, base_x, base_types, feedback_x, feedback_types, cfg.classifier.folds, min_defects)
 
 
 def _report(
@@ -215,9 +265,15 @@ def _report(
 
 
 def _write_bundle(
-    bundle: Bundle, out: Path, bank: np.ndarray, calibration: dict[str, Any], report: dict[str, Any]
+    bundle: Bundle,
+    out: Path,
+    bank: np.ndarray,
+    calibration: dict[str, Any],
+    report: dict[str, Any],
+    head: TypeHead | None = None,
 ) -> None:
-    """Copy the parent bundle, replace its bank and calibration, write a verified manifest (staged, then moved)."""
+    """Copy the parent bundle, replace its bank, calibration (and type head), write a verified manifest (staged,
+    then moved)."""
     if out.exists():
         raise UpdateError(f"{out} exists; choose a new folder for the new version")
     staging = out.with_name(f".{out.name}.staging")
@@ -228,6 +284,10 @@ def _write_bundle(
     np.save(staging / scorer["params"]["memory_bank"], bank)
     scorer["params"]["bank_size"] = len(bank)
     scorer["calibration"] = calibration
+    if head is not None:
+        classifier = raw["models"]["classifier"]
+        head.save(staging / classifier["params"]["head"])
+        classifier["class_names"] = head.class_names
     raw["version"] = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     raw["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     raw["metrics"]["update"] = report

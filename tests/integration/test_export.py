@@ -41,12 +41,13 @@ def test_int8_bank_is_built_from_the_int8_features(bottle_bundle, bottle_run):
 
 
 def test_failed_gate_writes_no_bundle(bottle_run, bottle_config, tmp_path, capsys):
+    """The same gate and staging as PatchCore's, on the run's small autoencoder (64 px: a quick conversion)."""
     out = tmp_path / "never"
     args = ["--config", str(bottle_config), "--run", str(bottle_run), "--out", str(out), "--classifier", ""]
-    assert export_main([*args, "--max-auroc-drop", "-0.5"]) == 3
+    assert export_main([*args, "--scorer", "autoencoder", "--max-auroc-drop", "-0.5"]) == 3
     assert not out.exists() and not list(tmp_path.iterdir())
     err = capsys.readouterr().err
-    assert "patchcore int8: image AUROC" in err and "exceeds the gate" in err
+    assert "autoencoder int8: image AUROC" in err and "exceeds the gate" in err
 
 
 def test_bundle_refuses_tampering(bottle_bundle, tmp_path):
@@ -215,31 +216,17 @@ def test_a_shared_head_must_match_the_class_list(shared_bundle, tmp_path):
         load_bundle(tmp_path / "b")
 
 
-@pytest.fixture(scope="module")
-def type_head_run(bottle_run, bottle_config, tmp_path_factory):
-    """The session's bottle run plus a type head fitted on its PatchCore (2 folds)."""
-    from training.config import load_train_config
-    from training.data import load_dataset
-    from training.type_head import train_type_head
-
-    run = tmp_path_factory.mktemp("with-type-head") / "run"
-    shutil.copytree(bottle_run / "patchcore", run / "patchcore")
-    splits = load_dataset(load_train_config(bottle_config).dataset)
-    metrics = train_type_head(splits, run / "patchcore", run / "type-head", folds=2)
-    assert metrics is not None
-    return run, metrics
-
-
-def test_type_head_reads_the_scorer_graph(type_head_run, bottle_config, datasets_root, tmp_path):
+def test_type_head_reads_the_scorer_graph(bottle_run, bottle_bundle, datasets_root, tmp_path):
+    """The session's bundle: its classifier ("auto") is the type head fitted on the run's PatchCore (2 folds)."""
     from edge_agent.inspector import Inspector
     from edge_agent.preprocess import read_image
 
-    run, metrics = type_head_run
+    metrics = json.loads((bottle_run / "type-head" / "metrics.json").read_text())
     # what the line sees (good below the threshold, else the head's type), out of fold; 224 px, 2 folds here
     assert metrics["class_names"] == ["good", "broken_large", "broken_small", "contamination"]
     assert np.array(metrics["confusion_matrix"]).sum() == 83
     assert metrics["macro_f1"] >= 0.75, metrics["macro_f1"]
-    manifest = _export(run, bottle_config, tmp_path / "bundle")  # classifier "auto" takes the type head
+    manifest = json.loads((bottle_bundle / "manifest.json").read_text())
     entry, scorer = manifest["models"]["classifier"], manifest["models"]["scorer"]
     assert entry["kind"] == "type_head" and entry["shares_graph_of"] == "scorer"
     assert entry["class_names"] == ["broken_large", "broken_small", "contamination"]
@@ -249,7 +236,7 @@ def test_type_head_reads_the_scorer_graph(type_head_run, bottle_config, datasets
     assert manifest["metrics"]["classifier"]["top1_agreement"] >= 0.9
     assert manifest["metrics"]["scorer"]["auroc_export"] >= manifest["metrics"]["scorer"]["auroc_float"] - 0.01
 
-    inspector = Inspector(load_bundle(tmp_path / "bundle"))
+    inspector = Inspector(load_bundle(bottle_bundle))
     hits = 0
     for path in sorted((datasets_root / "mvtec_ad/bottle/test").glob("*/00[0-3].png")):
         result = inspector.inspect(read_image(path), classify_all=True)
@@ -258,7 +245,7 @@ def test_type_head_reads_the_scorer_graph(type_head_run, bottle_config, datasets
         hits += result.defect_type == path.parent.name
     assert hits >= 10  # of 12 defective images (the head saw them in training: a wiring check, not a figure)
 
-    shutil.copytree(tmp_path / "bundle", tmp_path / "renamed")
+    shutil.copytree(bottle_bundle, tmp_path / "renamed")
     manifest["models"]["classifier"]["class_names"][0] = "dent"
     (tmp_path / "renamed" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="classes"):

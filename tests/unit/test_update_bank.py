@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from training.update import Feedback, UpdateError, extend_bank
+from training.update import Feedback, UpdateError, check_gate, extend_bank
 
 
 def test_new_rows_end_within_the_radius_and_covered_ones_add_nothing():
@@ -36,3 +36,9 @@ def test_feedback_folder_is_read_by_label(tmp_path):
     feedback = Feedback.read(tmp_path)
     assert feedback.false_alarms == [tmp_path / "good/a.png"]
     assert feedback.defects == {"crack": [tmp_path / "crack/b.png"]}
+
+
+def test_the_gate_refuses_a_drop_beyond_it():
+    check_gate({"test_auroc_before": 0.99, "test_auroc_after": 0.985}, 0.01)
+    with pytest.raises(UpdateError, match=r"update refused: test image AUROC 0.9700, was 0.9900 \(drop 0.0200"):
+        check_gate({"test_auroc_before": 0.99, "test_auroc_after": 0.97}, 0.01)
