@@ -137,9 +137,8 @@ def _model_row(
 ) -> str:
     med, p99 = latency
     size = f"{f['size_float_bytes'] / 1024:.0f} -> {f['size_export_bytes'] / 1024:.0f}"
-    if head is not None and f.get("graph") == "shared with the classifier":
-        total = (f["size_float_bytes"] + head["size_float_bytes"]) / 1024
-        size = f"{total:.0f} (backbone + classifier) -> {f['size_export_bytes'] / 1024:.0f} (one graph)"
+    if head is not None and f.get("graph") == "shared with the classifier":  # float32 weights of the fused graph
+        size = f"{f['size_float_bytes'] / 1024:.0f} (backbone + classifier) -> {f['size_export_bytes'] / 1024:.0f}"
     quality = f"{f['auroc_float']:.3f} | {f['auroc_export']:.3f} | {f['map_correlation']:.3f}"
     ratio = f"{base:.1f} | {base / med:.1f}x" if base else "- | -"
     return f"| {dataset} | {model} | {size} | {quality} | {med:.1f} / {p99:.1f} | {ratio} |"

@@ -156,7 +156,7 @@ def export_scorer(
         "map_correlation": float(np.corrcoef(float_maps.ravel(), edge_maps.ravel())[0, 1]),
         "score_correlation": float(np.corrcoef(float_scores, edge_scores)[0, 1]),
         "f1_export": metrics.binary_report(labels, (edge_scores >= calibration.threshold).astype(int))["f1"],
-        "size_float_bytes": model_file.stat().st_size,
+        "size_float_bytes": model.count_params() * 4,  # float32 weights of the graph converted (fused heads too)
         "size_export_bytes": len(tflite),
         "graph": "shared with the classifier" if graph is not None else "own",
         "expected_false_alarm_rate": calibration.false_alarm_bound,

@@ -150,9 +150,9 @@ def test_statistics_counts_and_false_alarm_rate(queue_env):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Frames"] == "25" and metrics["Anomalous"] == "5" and metrics["Anomaly rate"] == "20.0%"
     assert metrics["Reviewed anomalous frames"] == "3" and metrics["False-alarm rate"] == "50%"
-    rates = table(at, "false-alarm rate").set_index("camera")
-    assert rates.loc["cam2", "false alarms"] == 1 and rates.loc["cam2", "unsure"] == 1
-    assert rates.loc["cam1", "false-alarm rate"] == 0.0
+    rates = table(at, "false-alarm rate").set_index("camera")  # two lines: cameras named <agent>/<camera>
+    assert rates.loc["line2/cam2", "false alarms"] == 1 and rates.loc["line2/cam2", "unsure"] == 1
+    assert rates.loc["line1/cam1", "false-alarm rate"] == 0.0
     specs = " ".join(c.proto.spec for c in at.get("vega_lite_chart"))
     for title in ("Frames per hour", "Defects (anomalous verdicts) per hour", "Defect types", "Normalised scores"):
         assert title in specs
