@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,9 @@ bench-s3: install system-deps  ## S3 requests per 1,000 frames, per-frame object
 bench-rollout: install  ## frames/s around a bundle swap (the running agent loads, warms and swaps) vs steady
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.rollout_bench --bundle bundles/demo-bottle --datasets $(DATASETS)
+
+bench-nn: install  ## nearest-neighbour search, exact vs clustered, on casting's int8 bundle (bundles/auto/casting, from make bench-auto)
+	$(PY) -m bench.nn_bench --bundle $(or $(NN_BUNDLE),bundles/auto/casting) --config configs/datasets/casting.yaml
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle

@@ -12,10 +12,10 @@ import numpy as np
 from edge_agent.bundle import Bundle, ModelEntry
 from edge_agent.errors import BundleError
 from edge_agent.manifest import AutoencoderParams, PatchCoreParams, TypeHeadParams
+from edge_agent.nn_index import make_index
 from edge_agent.preprocess import PreprocessSpec, normalise, prepare
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import (
-    NearestNeighbourIndex,
     distance_map,
     gaussian_smooth,
     image_score,
@@ -97,7 +97,7 @@ class PatchCoreTFLite:
         self.model = TFLiteModel(folder / entry.file, threads)
         _check_io(self.model, entry)
         params = _params(entry, PatchCoreParams)
-        self.index = NearestNeighbourIndex(np.load(folder / params.memory_bank), threads)
+        self.index = make_index(np.load(folder / params.memory_bank), threads)  # exact unless the bank is large
         self.pool = params.pool
         self.sigma = params.blur_sigma
         self.top_fraction = params.score_top_fraction

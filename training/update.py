@@ -31,6 +31,7 @@ from edge_agent.bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from edge_agent.errors import LinewatchError
 from edge_agent.inspector import backbone_patches
 from edge_agent.manifest import PatchCoreParams, TypeHeadParams, parse_manifest
+from edge_agent.nn_index import make_index
 from edge_agent.preprocess import PreprocessSpec, prepare, read_image
 from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, fit_calibration, image_score
@@ -113,7 +114,7 @@ class BankScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and maps against ``bank``; ``leave_own_out`` ignores bank rows identical to the image's
         own patches (a training image scored as if it were not in the bank)."""
-        index = NearestNeighbourIndex(bank, self.threads)
+        index = make_index(bank, self.threads)  # the agent's search
         scores, maps = [], []
         for p in patches:
             d = _distances_without_own(p, bank) if leave_own_out else index.distances(p)

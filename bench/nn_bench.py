@@ -1,0 +1,133 @@
+"""Nearest-neighbour search: exact against the clustered index (``edge_agent.nn_index``) on a real bundle's bank.
+
+Every test image of the data set goes through the bundle's int8 graph once; its patches are searched by both
+indexes, interleaved image by image, at 1 and 2 threads. Printed and written to ``bench/results/nn_search.md``:
+median search time per frame, the recall of the clustered search (share of query patches whose distance equals
+the exact one), the largest relative distance error, and the image AUROC of the bundle's own score rule with
+either search. Run with ``make bench-nn`` (casting at its chosen settings by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.bundle import Bundle, load_bundle
+from edge_agent.inspector import Inspector, PatchCoreTFLite, backbone_patches
+from edge_agent.manifest import PatchCoreParams
+from edge_agent.nn_index import EXACT_MAX_ROWS, ClusteredIndex
+from edge_agent.preprocess import prepare, read_image
+from edge_agent.runtime import TFLiteModel, limit_blas_threads
+from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
+from training.config import load_train_config
+from training.data import Sample, load_dataset
+from training.metrics import roc_auc
+
+
+def timed(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, float]:
+    """(result, seconds) of one search."""
+    started = time.perf_counter()
+    result = fn(queries)
+    return result, time.perf_counter() - started
+
+
+def whole_frames(bundle: Bundle, samples: list[Sample]) -> dict[str, float]:
+    """Median ms per ``Inspector.inspect`` with the agent's search and with the exact one, interleaved."""
+    agent, exact = Inspector(bundle, threads=2), Inspector(bundle, threads=2)
+    params = exact.entry.params
+    assert isinstance(params, PatchCoreParams) and isinstance(exact.scorer, PatchCoreTFLite)
+    exact.scorer.index = NearestNeighbourIndex(np.load(bundle.path / params.memory_bank), 2)
+    images = [read_image(s.path) for s in samples]
+    times: dict[str, list[float]] = {"clustered": [], "exact": []}
+    for image in images[:3]:  # warm-up
+        agent.inspect(image)
+        exact.inspect(image)
+    for image in images:
+        for kind, inspector in (("clustered", agent), ("exact", exact)):
+            started = time.perf_counter()
+            inspector.inspect(image)
+            times[kind].append(time.perf_counter() - started)
+    return {kind: statistics.median(v) * 1e3 for kind, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and write its table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("bundles/auto/casting"))
+    parser.add_argument("--config", type=Path, default=Path("configs/datasets/casting.yaml"))
+    parser.add_argument(
+        "--limit", type=int, default=0, help="about this many test images, spread over the split (0: all)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results/nn_search.md"))
+    args = parser.parse_args(argv)
+    limit_blas_threads(1)  # as the agent's Inspector does: the index's own threads split the queries
+    bundle = load_bundle(args.bundle)
+    entry = bundle.models["scorer"]
+    params = entry.params
+    assert isinstance(params, PatchCoreParams)
+    bank = np.load(bundle.path / params.memory_bank)
+    model = TFLiteModel(bundle.path / entry.file, 2)
+    samples = load_dataset(load_train_config(args.config).dataset).test
+    samples = samples[:: max(1, len(samples) // args.limit)] if args.limit else samples  # spread over the kinds
+    started = time.perf_counter()
+    indexes = {threads: (NearestNeighbourIndex(bank, threads), ClusteredIndex(bank, threads)) for threads in (1, 2)}
+    build_seconds = (time.perf_counter() - started) / 2
+    times: dict[str, list[float]] = {f"{kind} {t}": [] for kind in ("exact", "clustered") for t in (1, 2)}
+    scores: dict[str, list[float]] = {"exact": [], "clustered": []}
+    same = total = 0
+    worst = 0.0
+    for sample in samples:
+        image = prepare(read_image(sample.path), entry.preprocess)
+        patches, grid, _, _ = backbone_patches(model, image, entry.preprocess, params.pool, params.patch_taps)
+        for threads, (exact, clustered) in indexes.items():
+            d_exact, t_exact = timed(exact.distances, patches)
+            d_approx, t_approx = timed(clustered.distances, patches)
+            times[f"exact {threads}"].append(t_exact)
+            times[f"clustered {threads}"].append(t_approx)
+        same += int(np.sum(d_approx <= d_exact * (1 + 1e-5) + 1e-6))
+        total += len(d_exact)
+        worst = max(worst, float(np.max((d_approx - d_exact) / np.maximum(d_exact, 1e-6))))
+        for kind, d in (("exact", d_exact), ("clustered", d_approx)):
+            amap = distance_map(d, grid, entry.preprocess.size, params.blur_sigma)
+            scores[kind].append(image_score(amap, params.score_top_fraction))
+    frame_ms = whole_frames(bundle, samples[::9])
+    labels = np.array([s.label for s in samples])
+    auroc = {kind: roc_auc(labels, np.array(v)) for kind, v in scores.items()}
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    clustered = indexes[1][1]
+    lines = [
+        "# Nearest-neighbour search: exact vs clustered (inverted file)",
+        "",
+        f"`make bench-nn`: bundle `{args.bundle}` ({bundle.version}), bank {len(bank)} x {bank.shape[1]}, "
+        f"{entry.preprocess.size} px, {len(patches)} query patches a frame, {len(samples)} test images of "
+        f"`{args.config}`; clustered: {len(clustered.cells_t)} k-means cells, {clustered.probe} probed, built in "
+        f"{build_seconds:.2f} s. Median over frames, interleaved frame by frame.",
+        "",
+        "| search | ms/frame, 1 thread | ms/frame, 2 threads | image AUROC |",
+        "|---|---|---|---|",
+        f"| exact (float32) | {ms['exact 1']:.1f} | {ms['exact 2']:.1f} | {auroc['exact']:.4f} |",
+        f"| clustered | {ms['clustered 1']:.1f} | {ms['clustered 2']:.1f} | {auroc['clustered']:.4f} |",
+        f"| ratio exact / clustered | {ms['exact 1'] / ms['clustered 1']:.1f}x | "
+        f"{ms['exact 2'] / ms['clustered 2']:.1f}x | |",
+        "",
+        f"Recall of the clustered search: {same / total:.4f} of {total} query patches got the exact distance; "
+        f"largest relative distance error {worst:.3f}.",
+        "",
+        f"Whole frame (`Inspector.inspect`: decoded image -> score, map, verdict fields; 2 interpreter threads), "
+        f"{len(samples[::9])} frames, interleaved: median {frame_ms['clustered']:.1f} ms with the agent's search "
+        f"(clustered above {EXACT_MAX_ROWS} rows), {frame_ms['exact']:.1f} ms with the exact search "
+        f"({frame_ms['exact'] / frame_ms['clustered']:.1f}x).",
+        "",
+    ]
+    args.out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
