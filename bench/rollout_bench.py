@@ -12,9 +12,7 @@ and written to ``bench/results/rollout.md``. Run with ``make bench-rollout``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -25,25 +23,10 @@ from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
+from edge_agent.rollout import point_link
+from tests.harness import variant
 
 QUEUE_AHEAD = 16  # frames kept waiting in the camera folder
-
-
-def variant(source: Path, target: Path, version: str) -> Path:
-    """A copy of ``source`` under another version: a valid bundle with another digest."""
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return target
-
-
-def point(link: Path, target: Path) -> None:
-    """Swap the ``current`` link atomically."""
-    tmp = link.with_name(link.name + ".new")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target.name)
-    os.replace(tmp, link)
 
 
 def feed(images: list[Path], incoming: Path, stop: threading.Event) -> None:
@@ -103,7 +86,7 @@ def run(bundle: Path, images: list[Path], swaps: int, swap_every: float, width: 
         try:
             time.sleep(swap_every)
             for n in range(swaps):
-                point(link, versions[(n + 1) % 2])
+                point_link(link, versions[(n + 1) % 2].name)
                 time.sleep(swap_every)
         finally:
             stop.set()

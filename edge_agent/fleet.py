@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_agent.bundle import MANIFEST, load_bundle
 from edge_agent.errors import BundleError
+from edge_agent.rollout import point_link
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,7 @@ class S3BundleFetcher:
                 "camera=%s bundle %s from s3://%s/%s refused: %s", self.camera, version, self.bucket, self.prefix, err
             )
             return False
-        staged_link = self.link.with_name(f".{self.link.name}.new")
-        staged_link.unlink(missing_ok=True)
-        staged_link.symlink_to(version)
-        os.replace(staged_link, self.link)
+        point_link(self.link, version)
         self._etag = head.get("ETag")
         log.info("camera=%s fetched bundle %s from s3://%s/%s", self.camera, version, self.bucket, self.prefix)
         return True

@@ -100,6 +100,14 @@ class BundleWatcher:
         return True
 
 
+def point_link(link: Path, target: str) -> None:
+    """Point the symlink ``link`` at ``target`` (a name beside it) atomically: a staged link renamed over it."""
+    staged = link.with_name(f".{link.name}.new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target)
+    os.replace(staged, link)
+
+
 def warm(inspector: Inspector) -> None:
     """One inference on a blank frame: the interpreter allocates and XNNPACK packs its weights before the swap."""
     size = inspector.entry.preprocess.size

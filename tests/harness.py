@@ -226,6 +226,16 @@ def moto_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("moto_server")
 
 
+def variant(source: Path, target: Path, version: str, threshold_factor: float = 1.0) -> Path:
+    """A copy of bundle ``source`` with another version (and threshold) in its manifest: valid, another digest."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    manifest["models"]["scorer"]["calibration"]["threshold"] *= threshold_factor
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

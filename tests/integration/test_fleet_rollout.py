@@ -12,8 +12,7 @@ import boto3
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.fleet import publish_bundle
-from tests.harness import wait_until
-from tests.integration.test_rollout import variant
+from tests.harness import variant, wait_until
 from tests.services import moto_s3  # noqa: F401
 
 PREFIX = "bundles/cam1/"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import threading
@@ -18,26 +17,14 @@ from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from tests.harness import Subscriber, wait_until
+from edge_agent.rollout import point_link
+from tests.harness import Subscriber, variant, wait_until
 from tests.services import mosquitto  # noqa: F401
-
-
-def variant(source: Path, target: Path, version: str, threshold_factor: float = 1.0) -> Path:
-    """A copy of ``source`` with another version (and threshold) in its manifest: a valid, different bundle."""
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    manifest["models"]["scorer"]["calibration"]["threshold"] *= threshold_factor
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return target
 
 
 def point(link: Path, target: Path) -> None:
     """Swap a ``current`` link atomically, as an operator or the fleet fetcher does."""
-    tmp = link.with_name(link.name + ".new")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target.name)
-    os.replace(tmp, link)
+    point_link(link, target.name)
 
 
 class Feeder(threading.Thread):
