@@ -10,12 +10,11 @@ of that approximation against the exact search is measured by ``make bench-nn``.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
 
-from edge_agent.scoring import NearestNeighbourIndex
+from edge_agent.scoring import NearestNeighbourIndex, ThreadedSearch
 
 #: Banks up to this many rows are searched exactly.
 EXACT_MAX_ROWS = 4_096
@@ -34,7 +33,6 @@ def kmeans(rows: np.ndarray, cells: int, iterations: int = 10, seed: int = 0) ->
     """Lloyd's k-means from a seeded sample of rows: (centroids (cells, D), cell of each row)."""
     rng = np.random.default_rng(seed)
     centroids = rows[rng.choice(len(rows), cells, replace=False)].copy()
-    assignment = np.zeros(len(rows), np.int64)
     for _ in range(iterations):
         assignment = _nearest(rows, centroids)
         for c in range(cells):
@@ -49,8 +47,9 @@ def _nearest(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.asarray(d2.argmin(axis=1))
 
 
-class ClusteredIndex:
-    """Inverted-file nearest-neighbour distances over k-means cells of the bank (see the module docstring)."""
+class ClusteredIndex(ThreadedSearch):
+    """Inverted-file nearest-neighbour distances over k-means cells of the bank (see the module docstring); a query
+    gets the distance to its nearest row among the probed cells."""
 
     def __init__(self, bank: np.ndarray, threads: int = 1, probe: int = DEFAULT_PROBE, seed: int = 0) -> None:
         bank = np.ascontiguousarray(bank, dtype=np.float32)
@@ -61,26 +60,7 @@ class ClusteredIndex:
         order = np.argsort(cell_of, kind="stable")
         self.cells_t = [np.ascontiguousarray(bank[order[cell_of[order] == c]].T) for c in range(n_cells)]
         self.cells_sq = [(cell_t**2).sum(axis=0) for cell_t in self.cells_t]
-        self.rows = len(bank)
         self.threads = max(1, threads)
-        self._pool: ThreadPoolExecutor | None = None
-
-    def distances(self, queries: np.ndarray) -> np.ndarray:
-        """L2 distance of each query row to its nearest row among the probed cells."""
-        queries = np.asarray(queries, np.float32)
-        out = np.empty(len(queries), np.float32)
-        if self.threads == 1 or len(queries) < 64 * self.threads:
-            self._search(queries, out)
-            return out
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nn-search")
-        bounds = np.linspace(0, len(queries), self.threads + 1).astype(int)
-        parts = [(queries[a:b], out[a:b]) for a, b in pairwise(bounds)]
-        futures = [self._pool.submit(self._search, q, o) for q, o in parts[1:]]
-        self._search(*parts[0])
-        for future in futures:
-            future.result()
-        return out
 
     def _search(self, queries: np.ndarray, out: np.ndarray) -> None:
         to_centroids = self.centroid_sq[None, :] - 2.0 * queries @ self.centroids.T

@@ -56,45 +56,53 @@ def _resize_channels(fmap: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.concatenate([c if c.ndim == 3 else c[:, :, None] for c in chunks], axis=2)
 
 
-class NearestNeighbourIndex:
-    """Exact nearest-neighbour distances from query patches to a float32 memory bank (L2).
+class ThreadedSearch:
+    """Nearest-neighbour distances with the queries split over ``threads`` threads (BLAS and the numpy reductions
+    release the GIL, which halves the search time of one image on two idle cores). Subclasses give ``_search``."""
 
-    With ``threads`` > 1 the queries are split over that many threads (BLAS and the numpy reductions release the
-    GIL), which halves the search time of one image on two idle cores.
-    """
+    threads: int = 1
+    _pool: ThreadPoolExecutor | None = None
 
-    def __init__(self, bank: np.ndarray, threads: int = 1) -> None:
-        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.bank_t = np.ascontiguousarray(self.bank.T)
-        self.bank_sq = np.einsum("ij,ij->i", self.bank, self.bank).astype(np.float32)
-        self.threads = max(1, threads)
-        self._pool: ThreadPoolExecutor | None = None
-
-    def distances(self, queries: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    def distances(self, queries: np.ndarray) -> np.ndarray:
         """L2 distance of each query row to its nearest bank row."""
         queries = np.asarray(queries, np.float32)
         out = np.empty(len(queries), np.float32)
         if self.threads == 1 or len(queries) < 64 * self.threads:
-            self._search(queries, out, chunk)
+            self._search(queries, out)
             return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nn-search")
         bounds = np.linspace(0, len(queries), self.threads + 1).astype(int)
         parts = [(queries[a:b], out[a:b]) for a, b in pairwise(bounds)]
-        futures = [self._pool.submit(self._search, q, o, chunk) for q, o in parts[1:]]
-        self._search(*parts[0], chunk)
+        futures = [self._pool.submit(self._search, q, o) for q, o in parts[1:]]
+        self._search(*parts[0])
         for future in futures:
             future.result()
         return out
 
-    def _search(self, queries: np.ndarray, out: np.ndarray, chunk: int) -> None:
-        for start in range(0, len(queries), chunk):
-            q = queries[start : start + chunk]
+    def _search(self, queries: np.ndarray, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class NearestNeighbourIndex(ThreadedSearch):
+    """Exact nearest-neighbour distances from query patches to a float32 memory bank (L2), ``chunk`` queries at a
+    time."""
+
+    def __init__(self, bank: np.ndarray, threads: int = 1, chunk: int = 4096) -> None:
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.bank_t = np.ascontiguousarray(self.bank.T)
+        self.bank_sq = np.einsum("ij,ij->i", self.bank, self.bank).astype(np.float32)
+        self.threads = max(1, threads)
+        self.chunk = chunk
+
+    def _search(self, queries: np.ndarray, out: np.ndarray) -> None:
+        for start in range(0, len(queries), self.chunk):
+            q = queries[start : start + self.chunk]
             d2 = q @ self.bank_t
             d2 *= -2.0
             d2 += self.bank_sq[None, :]
             best = d2.min(axis=1) + np.einsum("ij,ij->i", q, q)
-            out[start : start + chunk] = np.sqrt(np.maximum(best, 0.0))
+            out[start : start + self.chunk] = np.sqrt(np.maximum(best, 0.0))
 
 
 def distance_map(distances: np.ndarray, grid: tuple[int, int], out_size: int, sigma: float) -> np.ndarray:

@@ -20,7 +20,7 @@ def test_nearest_neighbour_matches_brute_force():
     bank = rng.standard_normal((300, 24)).astype(np.float32)
     queries = rng.standard_normal((50, 24)).astype(np.float32)
     brute = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(1)
-    got = NearestNeighbourIndex(bank).distances(queries, chunk=7)
+    got = NearestNeighbourIndex(bank, chunk=7).distances(queries)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
     assert NearestNeighbourIndex(bank).distances(bank[:5]).max() < 1e-2
@@ -31,8 +31,8 @@ def test_threaded_search_gives_the_same_distances(threads):
     rng = np.random.default_rng(1)
     bank = rng.standard_normal((400, 16)).astype(np.float32)
     queries = rng.standard_normal((785, 16)).astype(np.float32)  # not a multiple of the thread count
-    single = NearestNeighbourIndex(bank).distances(queries, chunk=100)
-    threaded = NearestNeighbourIndex(bank, threads=threads).distances(queries, chunk=100)
+    single = NearestNeighbourIndex(bank, chunk=100).distances(queries)
+    threaded = NearestNeighbourIndex(bank, threads=threads, chunk=100).distances(queries)
     np.testing.assert_allclose(threaded, single, rtol=1e-5)  # BLAS blocks differ by rounding only
 
 

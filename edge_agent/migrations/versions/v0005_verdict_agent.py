@@ -1,7 +1,8 @@
 """Verdicts name the agent that scored them, so one review database holds a fleet.
 
 ``verdicts.agent`` (empty for rows written before this revision; an agent adopts them at start) and the unique
-key ``(agent, camera, frame_id)`` in place of ``(camera, frame_id)``: two lines may both have a camera ``cam1``.
+key ``(camera, frame_id, agent)`` in place of ``(camera, frame_id)``: two lines may both have a camera ``cam1``
+(its prefix still serves an agent's per-frame lookup).
 On SQLite the table is rebuilt; the runner switches foreign keys off around it (``migrations.upgrade``), or
 dropping the old table would cascade into ``outbox`` and ``feedback``.
 
