@@ -86,27 +86,29 @@ class BankScorer:
         self.bank = np.load(bundle.path / self.params.memory_bank).astype(np.float32)
         self.threads = threads
 
-    def patches(self, images: np.ndarray) -> tuple[list[np.ndarray], tuple[int, int]]:
-        """Patch embeddings of each prepared image, and their grid."""
-        out, grid = [], (0, 0)
-        for image in images:
-            patches, grid, _, _ = backbone_patches(
-                self.model, image, self.spec, self.params.pool, self.params.patch_taps
-            )
-            out.append(patches.astype(np.float32))
-        return out, grid
-
-    def type_features(self, images: np.ndarray, bank: np.ndarray) -> np.ndarray:
-        """Type-head features (:func:`edge_agent.type_head.type_features`) of prepared images against ``bank``."""
-        index = NearestNeighbourIndex(bank, self.threads)
-        out = []
+    def patches(self, images: np.ndarray) -> tuple[list[np.ndarray], tuple[int, int], list[np.ndarray | None]]:
+        """Patch embeddings of each prepared image, their grid, and each image's deeper map (the type head's tap;
+        None when the graph has none)."""
+        out, deep, grid = [], [], (0, 0)
         for image in images:
             patches, grid, _, deeper = backbone_patches(
                 self.model, image, self.spec, self.params.pool, self.params.patch_taps
             )
-            if not deeper:
+            out.append(patches.astype(np.float32))
+            deep.append(deeper[0] if deeper else None)
+        return out, grid, deep
+
+    def type_features(
+        self, patches: list[np.ndarray], deep: list[np.ndarray | None], grid: tuple[int, int], bank: np.ndarray
+    ) -> np.ndarray:
+        """Type-head features (:func:`edge_agent.type_head.type_features`) of images' patches against ``bank``, with
+        the agent's search."""
+        index = make_index(bank, self.threads)
+        out = []
+        for p, d in zip(patches, deep, strict=True):
+            if d is None:
                 raise UpdateError("the scorer graph has no deeper tap: its bundle has no type head")
-            out.append(type_features(patches.astype(np.float32), index.distances(patches), grid, deeper[0]))
+            out.append(type_features(p, index.distances(p), grid, d))
         return np.stack(out)
 
     def scores(
@@ -161,14 +163,14 @@ def update_bundle(
         raise UpdateError(f"{feedback_dir}: no frame marked false alarm or confirmed defect; nothing to learn")
     splits = load_dataset(cfg.dataset)
     spec = scorer.spec
-    train_patches, grid = scorer.patches(load_images(splits.train, spec)[0])
+    train_patches, grid, _ = scorer.patches(load_images(splits.train, spec)[0])
     bank = scorer.bank
     index = NearestNeighbourIndex(bank, scorer.threads)
     radius = float(max(index.distances(p).max() for p in train_patches))
-    alarm_patches, _ = scorer.patches(_prepared(feedback.false_alarms, spec))
+    alarm_patches, _, _ = scorer.patches(_prepared(feedback.false_alarms, spec))
     new_bank, added = extend_bank(bank, np.concatenate(alarm_patches), radius) if alarm_patches else (bank, 0)
     loo, _ = scorer.scores(train_patches, grid, new_bank, leave_own_out=True)
-    val_patches, _ = scorer.patches(load_images(splits.validation, spec)[0])
+    val_patches, _, _ = scorer.patches(load_images(splits.validation, spec)[0])
     val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)
     t = cfg.threshold
     calibration = fit_calibration(
@@ -176,9 +178,9 @@ def update_bundle(
     )
     old_threshold = bundle.models["scorer"].calibration.threshold  # type: ignore[union-attr]
     defect_paths = [p for paths in feedback.defects.values() for p in paths]
-    defect_patches, _ = scorer.patches(_prepared(defect_paths, spec))
+    defect_patches, _, defect_deep = scorer.patches(_prepared(defect_paths, spec))
     test_images, test_samples = load_images(splits.test, spec)
-    test_patches, _ = scorer.patches(test_images)
+    test_patches, _, test_deep = scorer.patches(test_images)
     labels = np.array([s.label for s in test_samples])
     before = {
         "alarms": scorer.scores(alarm_patches, grid, bank)[0] if alarm_patches else np.zeros(0),
@@ -192,7 +194,10 @@ def update_bundle(
     }
     report = _report(bundle, feedback, before, after, labels, old_threshold, calibration.threshold)
     report.update(bank_rows_added=added, bank_rows=len(new_bank), coverage_radius=radius)
-    types = _refit_types(bundle, scorer, new_bank, feedback, test_images, test_samples, cfg, min_defects)
+    defects, test = (defect_patches, defect_deep), (test_patches, test_deep)
+    types = _refit_types(
+        bundle, scorer, new_bank, grid, defects, test, test_samples, feedback, cfg.classifier.folds, min_defects
+    )
     report.update(types.report)
     check_gate(report, max_drop)  # before anything is written: a refused update leaves no folder
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -214,25 +219,30 @@ def _refit_types(
     bundle: Bundle,
     scorer: BankScorer,
     bank: np.ndarray,
-    feedback: Feedback,
-    test_images: np.ndarray,
+    grid: tuple[int, int],
+    defects: tuple[list[np.ndarray], list[np.ndarray | None]],
+    test: tuple[list[np.ndarray], list[np.ndarray | None]],
     test_samples: list[Sample],
-    cfg: TrainConfig,
+    feedback: Feedback,
+    folds: int,
     min_defects: int,
 ) -> TypeRefit:
-    """The type head re-fitted with the confirmed defects (:mod:`training.update_types`), when the bundle has one."""
+    """The type head re-fitted with the confirmed defects (:mod:`training.update_types`), when the bundle has one.
+
+    ``defects`` and ``test`` are the patches and deeper maps already computed for the confirmed frames (in
+    ``feedback.defects`` order) and the test split.
+    """
     entry = bundle.models.get("classifier")
     if entry is None or entry.kind != "type_head" or not isinstance(entry.params, TypeHeadParams):
         kind = "no defect-type model" if entry is None else f"a {entry.kind}"
         return TypeRefit(None, {"type_head": f"not re-fitted: the bundle has {kind}"})
     old = TypeHead.load(bundle.path / entry.params.head)
     known = [i for i, s in enumerate(test_samples) if s.label == 1 and s.defect_type in old.class_names]
-    base_x = scorer.type_features(test_images[known], bank)
+    base_x = scorer.type_features([test[0][i] for i in known], [test[1][i] for i in known], grid, bank)
     base_types = [str(test_samples[i].defect_type) for i in known]
     feedback_types = [t for t, paths in feedback.defects.items() for _ in paths]
-    paths = [p for ps in feedback.defects.values() for p in ps]
-    feedback_x = scorer.type_features(_prepared(paths, scorer.spec), bank) if paths else np.zeros((0, old.n_features))
-    return refit_type_head(old, base_x, base_types, feedback_x, feedback_types, cfg.classifier.folds, min_defects)
+    feedback_x = scorer.type_features(*defects, grid, bank) if defects[0] else np.zeros((0, old.n_features))
+    return refit_type_head(old, base_x, base_types, feedback_x, feedback_types, folds, min_defects)
 
 
 def _report(
