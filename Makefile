@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,9 +86,30 @@ bench-rollout: install  ## frames/s around a bundle swap (the running agent load
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.rollout_bench --bundle bundles/demo-bottle --datasets $(DATASETS)
 
+bench-graph: install  ## the int8 scorer graph against a bare Lite0 graph of the same depth, the type tail, inspect with and without it (demo bundle)
+	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
+	$(PY) -m bench.graph_bench --bundle bundles/demo-bottle
+
 bench-nn: install  ## nearest-neighbour search, exact vs clustered, on casting's int8 bundle (bundles/auto/casting, from make bench-auto)
 	$(PY) -m bench.nn_bench --bundle $(or $(NN_BUNDLE),bundles/auto/casting) --config configs/datasets/casting.yaml
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle
 	$(PY) -m bench.soak --bundle bundles/demo-bottle --datasets $(DATASETS) --work runs/soak
+
+# the peer benchmark has its own virtual environment: anomalib + torch + OpenVINO + ONNX Runtime, and linewatch's
+# edge side only (no TensorFlow)
+PEER_VENV  ?= .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+PEER_ARGS  ?=
+
+$(PEER_STAMP): bench/peer/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet -r bench/peer/requirements.txt
+	$(PEER_VENV)/bin/pip install --quiet -e ".[edge]"
+	touch $(PEER_STAMP)
+
+bench-peer: $(PEER_STAMP)  ## linewatch int8 vs anomalib 2.7.0 PatchCore/PaDiM (torch, ONNX Runtime, OpenVINO) on bottle, same Lite0 weights, own .venv-peer; bench/results/peer.md (PEER_ARGS=--quick: smoke run)
+	test -f bundles/demo-bottle/manifest.json || { $(MAKE) install && $(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle; }
+	HF_HUB_OFFLINE=1 $(PEER_VENV)/bin/python -m bench.peer.peer_bench --data $(DATASETS)/mvtec_ad/bottle $(PEER_ARGS)

@@ -67,7 +67,10 @@ class StageClock:
 
 
 def _graph_label(model: TFLiteModel, *_: Any) -> str:
-    """The backbone returns feature maps (4-D outputs); the classifier one probability vector."""
+    """The backbone returns feature maps (4-D outputs) from an image; the type tail from a feature map; the
+    classifier one probability vector."""
+    if model.input.shape[-1] != 3:
+        return "type tail graph (int8, frames whose type is asked for)"
     feature_maps = any(len(t.shape) == 4 for t in model.outputs)
     return "backbone graph (int8, quantise/dequantise included)" if feature_maps else "classifier graph (int8)"
 
@@ -84,7 +87,7 @@ def instrument(clock: StageClock) -> None:
     for cls, name, label in [
         (TFLiteModel, "__call__", _graph_label),
         (NearestNeighbourIndex, "distances", "nearest-neighbour search (float32)"),
-        (DefectClassifier, "probabilities", "classifier softmax + bookkeeping"),
+        (DefectClassifier, "probabilities", "type features + classifier softmax"),
         (CameraPipeline, "_save_heatmap", "heatmap encode + write (JPEG)"),
         (CameraPipeline, "_keep_original", "original copy"),
         (Store, "record", "SQLite: verdict + outbox rows (one transaction)"),

@@ -8,10 +8,13 @@ Layout of a bundle folder::
     classifier.tflite      optional defect-type classifier (format 1, or format 2 when it has its own graph)
     type_head.npz          optional type head (``kind: type_head``): float32 regression over features pooled from
                            the scorer graph's deeper tap where the distance map is high (edge_agent.type_head)
+    type_tail.tflite       optional (``params.type_tail`` of the scorer): the backbone from the scorer graph's last
+                           patch tap to the type head's deeper tap, run only for frames whose type is asked for
 
 A model entry with ``shares_graph_of`` uses another entry's graph: a classifier's softmax is then an extra
 output of the scorer's graph (one int8 pass gives both the feature maps and the defect type), or the type head
-reads the graph's feature maps after the scorer's ``params.patch_taps``. The manifest is typed
+reads the graph's feature maps after the scorer's ``params.patch_taps`` (or, with ``type_tail``, the tail graph's
+output for the last patch tap). The manifest is typed
 (:mod:`edge_agent.manifest`, format 3); bundles of the untyped formats 1 and 2 are refused with a request to
 re-export them.
 """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -40,10 +42,20 @@ class InspectionResult:
     type_probabilities: np.ndarray | None = None
 
 
+#: What a scorer hands a defect-type model sharing its graph: the output itself, a call that computes it when a
+#: type is asked for (a type tail runs only then), or None.
+HeadOutput = np.ndarray | Callable[[], np.ndarray] | None
+
+
+def resolve_head(head: HeadOutput) -> np.ndarray | None:
+    """The head output, computed now when it was deferred."""
+    return head() if callable(head) else head
+
+
 class MapScorer(Protocol):
     """Anything that turns a prepared uint8 image into (score, anomaly map, extra head output or None)."""
 
-    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, HeadOutput]:
         """Image score, anomaly map and the graph's non-spatial output (a shared classifier's softmax)."""
         ...
 
@@ -70,17 +82,43 @@ def _params(entry: ModelEntry, kind: type[ParamsT]) -> ParamsT:
     return entry.params
 
 
-def backbone_patches(
-    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec, pool: int, patch_taps: int
-) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, list[np.ndarray]]:
-    """One prepared image through a PatchCore graph: patch embeddings (P, D) from its first ``patch_taps`` feature
-    maps, their grid, the 2-D head output of a classifier sharing the graph (None without one), and the feature
-    maps after the patch taps (a type head's deeper tap)."""
+def backbone_maps(
+    model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """One prepared image through a PatchCore graph: its feature maps (finest first) and the 2-D head output of a
+    classifier sharing the graph (None without one)."""
     outputs = model(normalise(prepared[None], spec))
-    feature_maps = [o[0] for o in outputs if o.ndim == 4]
-    head = next((o[0] for o in outputs if o.ndim == 2), None)
-    taps = feature_maps[:patch_taps]
-    return patch_embedding(taps, pool), taps[0].shape[:2], head, feature_maps[len(taps) :]
+    return [o[0] for o in outputs if o.ndim == 4], next((o[0] for o in outputs if o.ndim == 2), None)
+
+
+def deep_tap(tail: TFLiteModel, last_tap: np.ndarray) -> np.ndarray:
+    """A type head's deeper map, from the scorer graph's last patch tap through the type tail graph."""
+    deep: np.ndarray = tail(last_tap[None])[0][0]
+    return deep
+
+
+def backbone_patches(
+    model: TFLiteModel,
+    prepared: np.ndarray,
+    spec: PreprocessSpec,
+    pool: int,
+    patch_taps: int,
+    tail: TFLiteModel | None = None,
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, list[np.ndarray]]:
+    """Patch embeddings (P, D) of one prepared image from the graph's first ``patch_taps`` feature maps, their grid,
+    the 2-D head output of a classifier sharing the graph (None without one), and the feature maps after the patch
+    taps (a type head's deeper tap; from ``tail`` when the graph stops at the taps)."""
+    feature_maps, head = backbone_maps(model, prepared, spec)
+    taps, deeper = feature_maps[:patch_taps], feature_maps[patch_taps:]
+    if not deeper and tail is not None:
+        deeper = [deep_tap(tail, taps[-1])]
+    return patch_embedding(taps, pool), taps[0].shape[:2], head, deeper
+
+
+def _tail_features(
+    tail: TFLiteModel, patches: np.ndarray, distances: np.ndarray, grid: tuple[int, int], last_tap: np.ndarray
+) -> np.ndarray:
+    return type_features(patches, distances, grid, deep_tap(tail, last_tap))
 
 
 class PatchCoreTFLite:
@@ -89,7 +127,8 @@ class PatchCoreTFLite:
     The graph's first ``params.patch_taps`` 4-D outputs form the patches. Its other output, when there is one,
     belongs to a defect-type model sharing the graph (``shares_graph_of``): a 2-D softmax of a classifier head,
     or a deeper feature map pooled where the distance map is high (:mod:`edge_agent.type_head`); either is
-    returned as the head output.
+    returned as the head output. With ``params.type_tail`` the graph stops at the patch taps and the deeper map
+    comes from the tail graph, run only when the head output is asked for (anomalous frames).
     """
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
@@ -108,21 +147,32 @@ class PatchCoreTFLite:
         self.head_width = next((t.shape[-1] for t in self.model.outputs if len(t.shape) == 2), None)
         if len(maps) > self.patch_taps:
             self.head_width = sum(s[-1] for s in maps) + SHAPE_FEATURES
+        self.tail = TFLiteModel(folder / params.type_tail, threads) if params.type_tail else None
+        if self.tail is not None:
+            last = maps[self.patch_taps - 1]
+            if len(maps) > self.patch_taps or self.tail.input.shape != last:
+                msg = f"{params.type_tail}: input {list(self.tail.input.shape)} is not the last patch tap {list(last)}"
+                raise BundleError(msg)
+            deep = [t.shape for t in self.tail.outputs if len(t.shape) == 4]
+            self.head_width = sum(s[-1] for s in (*maps, *deep[:1])) + SHAPE_FEATURES
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
         """Image score (max of the map) and the smoothed distance map."""
         score, amap, _ = self.score_and_head(prepared)
         return score, amap
 
-    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
-        """Score, map and the output of a type model sharing the graph (None without one)."""
-        patches, grid, head, deeper = backbone_patches(
-            self.model, prepared, self.entry.preprocess, self.pool, self.patch_taps
-        )
+    def score_and_head(self, prepared: np.ndarray) -> tuple[float, np.ndarray, HeadOutput]:
+        """Score, map and the output of a type model sharing the graph (None without one; deferred with a tail)."""
+        feature_maps, head_output = backbone_maps(self.model, prepared, self.entry.preprocess)
+        taps = feature_maps[: self.patch_taps]
+        patches, grid = patch_embedding(taps, self.pool), taps[0].shape[:2]
         distances = self.index.distances(patches)
         amap = distance_map(distances, grid, self.entry.preprocess.size, self.sigma)
-        if deeper:
-            head = type_features(patches, distances, grid, deeper[0])
+        head: HeadOutput = head_output
+        if len(feature_maps) > self.patch_taps:
+            head = type_features(patches, distances, grid, feature_maps[self.patch_taps])
+        elif self.tail is not None:
+            head = partial(_tail_features, self.tail, patches, distances, grid, taps[-1])
         return image_score(amap, self.top_fraction), amap, head
 
 
@@ -173,7 +223,7 @@ class DefectClassifier:
         return self.type_head.n_features if self.type_head is not None else len(self.class_names)
 
     def probabilities(
-        self, image_rgb: np.ndarray, prepared: np.ndarray | None = None, head: np.ndarray | None = None
+        self, image_rgb: np.ndarray, prepared: np.ndarray | None = None, head: HeadOutput = None
     ) -> np.ndarray:
         """Class probabilities (softmax, renormalised after int8 rounding).
 
@@ -181,6 +231,7 @@ class DefectClassifier:
         ``prepared`` (the image already resized with this classifier's pre-processing) when given.
         """
         if self.model is None:
+            head = resolve_head(head)
             if head is None:
                 raise BundleError(f"classifier shares the graph of {self.entry.shares_graph_of}: pass its output")
             raw = self.type_head.probabilities(head) if self.type_head is not None else head

@@ -54,6 +54,10 @@ class PatchCoreParams(StrictModel):
     blur_sigma: float = Field(ge=0.0, description="Gaussian smoothing of the map (input pixels)")
     score_top_fraction: float | None = Field(gt=0.0, le=0.5, description="image score: top-fraction mean; null: max")
     patch_taps: int = Field(ge=1, description="feature maps (finest first) that form the patches")
+    type_tail: str | None = Field(
+        default=None,
+        description="graph from the last patch tap to a type head's deeper tap, run only when a type is asked for",
+    )
 
 
 class AutoencoderParams(StrictModel):
@@ -160,9 +164,11 @@ class Manifest(StrictModel):
             if entry.kind in ("patchcore", "autoencoder") and entry.calibration is None:
                 msg = f"models.{role}: a {entry.kind} scorer needs its calibration"
                 raise ValueError(msg)
-            if entry.file not in self.files:
-                msg = f"models.{role}: {entry.file} is not covered by a hash"
-                raise ValueError(msg)
+            tail = entry.params.type_tail if isinstance(entry.params, PatchCoreParams) else None
+            for file in (entry.file, tail):
+                if file is not None and file not in self.files:
+                    msg = f"models.{role}: {file} is not covered by a hash"
+                    raise ValueError(msg)
             if entry.shares_graph_of is not None:
                 owner = self.models.get(entry.shares_graph_of)
                 if owner is None or owner.file != entry.file:

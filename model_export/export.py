@@ -307,10 +307,11 @@ def export_bundle(
 
     ``classifier="auto"`` takes the first of :data:`DEFECT_TYPE_MODELS` the run has. With ``share_backbone`` the
     classifier becomes a head of the scorer's graph when the two can share it (:mod:`model_export.fuse`);
-    otherwise, or when they cannot, it gets its own graph. A type head always shares the scorer's graph.
+    otherwise, or when they cannot, it gets its own graph. A type head reads the scorer graph's last patch tap
+    through the type tail graph.
     """
-    from model_export.fuse import shared_backbone_model
-    from model_export.type_head_export import is_type_head, type_head_entry
+    from model_export.fuse import shared_backbone_model, type_tail_model
+    from model_export.type_head_export import export_type_tail, is_type_head, type_head_entry
 
     splits = load_dataset(cfg.dataset)
     report = ExportReport(bundle=None)
@@ -320,8 +321,10 @@ def export_bundle(
     classifier_dir = run_dir / classifier if classifier else None
     if classifier_dir is not None and not (classifier_dir / "model.keras").is_file():
         classifier_dir = None
-    graph = None
-    if classifier_dir is not None and share_backbone:
+    graph, tail = None, None
+    if classifier_dir is not None and share_backbone and is_type_head(classifier_dir):
+        tail = type_tail_model(run_dir / scorer, classifier_dir)
+    elif classifier_dir is not None and share_backbone:
         graph = shared_backbone_model(run_dir / scorer, classifier_dir)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         staging = Path(tmp)
@@ -329,9 +332,14 @@ def export_bundle(
         models["scorer"], report.figures["scorer"] = export_scorer(
             run_dir / scorer, splits, cfg, precision, staging, max_auroc_drop, graph
         )
-        if classifier_dir is not None and graph is not None:
-            shared_entry = type_head_entry if is_type_head(classifier_dir) else shared_classifier_entry
-            models["classifier"], report.figures["classifier"] = shared_entry(
+        if classifier_dir is not None and tail is not None:
+            tail_figures = export_type_tail(tail, models["scorer"], splits, staging, precision)
+            models["classifier"], report.figures["classifier"] = type_head_entry(
+                classifier_dir, splits, models["scorer"], staging, min_agreement
+            )
+            report.figures["classifier"].update(tail_figures)
+        elif classifier_dir is not None and graph is not None:
+            models["classifier"], report.figures["classifier"] = shared_classifier_entry(
                 classifier_dir, splits, models["scorer"], staging, min_agreement
             )
         elif classifier_dir is not None:

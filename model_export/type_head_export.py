@@ -16,15 +16,41 @@ import keras
 import numpy as np
 
 from edge_agent.bundle import parse_entry
-from edge_agent.inspector import PatchCoreTFLite
+from edge_agent.inspector import PatchCoreTFLite, backbone_maps, resolve_head
 from edge_agent.preprocess import PreprocessSpec
+from edge_agent.runtime import TFLiteModel
 from edge_agent.type_head import TypeHead
+from model_export.convert import Precision, convert
 from training.artifacts import read_calibration, read_json
 from training.data import DatasetSplits, load_images
 from training.type_head import cross_validate, fit_logistic, float_evidence
 
 #: Largest drop of the types' cross-validated macro F1 from float to exported features the gate lets through.
 MAX_F1_DROP = 0.05
+#: File of the type tail graph (``params.type_tail`` of the scorer).
+TAIL_FILE = "type_tail.tflite"
+
+
+def export_type_tail(
+    tail: keras.Model, scorer_entry: dict[str, Any], splits: DatasetSplits, staging: Path, precision: Precision
+) -> dict[str, Any]:
+    """Convert the type tail (:func:`model_export.fuse.type_tail_model`) and name it in the scorer's entry.
+
+    Its int8 ranges are calibrated on what it will read: the exported scorer graph's own last patch tap, of the
+    training images and of the labelled defects the head is fitted on. Returns its figures.
+    """
+    from model_export.export import MAX_CALIBRATION_IMAGES
+
+    spec = PreprocessSpec.from_dict(scorer_entry["preprocess"])
+    scorer = TFLiteModel(staging / scorer_entry["file"], 2)
+    last = scorer_entry["params"]["patch_taps"] - 1
+    defects = [s for s in splits.test if s.label == 1]
+    images, _ = load_images(splits.train[:MAX_CALIBRATION_IMAGES] + defects[:MAX_CALIBRATION_IMAGES], spec)
+    taps = np.stack([backbone_maps(scorer, image, spec)[0][last] for image in images])
+    tflite = convert(tail, precision, taps)
+    (staging / TAIL_FILE).write_bytes(tflite)
+    scorer_entry["params"]["type_tail"] = TAIL_FILE
+    return {"type_tail_size_export_bytes": len(tflite), "type_tail_calibrated_on": len(images)}
 
 
 def is_type_head(folder: Path) -> bool:
@@ -50,8 +76,9 @@ def type_head_entry(
     edge = PatchCoreTFLite(parse_entry("scorer", scorer_entry), staging, threads=2)
     features, scores = [], []
     for image in images:
-        score, _, evidence = edge.score_and_head(image)
-        assert evidence is not None  # the graph has the deeper tap: PatchCoreTFLite pooled it
+        score, _, deferred = edge.score_and_head(image)
+        evidence = resolve_head(deferred)
+        assert evidence is not None  # the graph has the deeper tap or a tail: PatchCoreTFLite pooled it
         features.append(evidence)
         scores.append(score)
     x = np.stack(features)
@@ -83,6 +110,12 @@ def type_head_entry(
         raise ParityError(
             f"{msg}{run['types_macro_f1']:.3f}: drop {drop:.3f} exceeds the gate of {MAX_F1_DROP}", "classifier"
         )
+    tail_file = scorer_entry["params"].get("type_tail")
+    if tail_file is not None:
+        outputs = [o.to_dict() for o in TFLiteModel(staging / tail_file, 1).outputs]
+        figures["graph"] = "the scorer's graph to its patch taps; the type tail graph for anomalous frames"
+    else:
+        outputs = [o for o in scorer_entry["outputs"] if len(o["shape"]) == 4][scorer_entry["params"]["patch_taps"] :]
     entry = {
         "kind": "type_head",
         "file": scorer_entry["file"],
@@ -90,7 +123,7 @@ def type_head_entry(
         "precision": scorer_entry["precision"],
         "preprocess": scorer_entry["preprocess"],
         "input": scorer_entry["input"],
-        "outputs": [o for o in scorer_entry["outputs"] if len(o["shape"]) == 4][scorer_entry["params"]["patch_taps"] :],
+        "outputs": outputs,
         "class_names": head.class_names,
         "params": {"head": head_file},
         "source_model": read_json(folder / "meta.json")["name"],

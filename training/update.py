@@ -83,16 +83,21 @@ class BankScorer:
         self.entry, self.params = entry, entry.params
         self.spec: PreprocessSpec = entry.preprocess
         self.model = TFLiteModel(bundle.path / entry.file, threads)
+        tail = self.params.type_tail
+        self.tail = TFLiteModel(bundle.path / tail, threads) if tail else None
         self.bank = np.load(bundle.path / self.params.memory_bank).astype(np.float32)
         self.threads = threads
 
-    def patches(self, images: np.ndarray) -> tuple[list[np.ndarray], tuple[int, int], list[np.ndarray | None]]:
+    def patches(
+        self, images: np.ndarray, with_deep: bool = False
+    ) -> tuple[list[np.ndarray], tuple[int, int], list[np.ndarray | None]]:
         """Patch embeddings of each prepared image, their grid, and each image's deeper map (the type head's tap;
-        None when the graph has none)."""
+        None when the graph has none; a type tail runs only ``with_deep``)."""
         out, deep, grid = [], [], (0, 0)
+        tail = self.tail if with_deep else None
         for image in images:
             patches, grid, _, deeper = backbone_patches(
-                self.model, image, self.spec, self.params.pool, self.params.patch_taps
+                self.model, image, self.spec, self.params.pool, self.params.patch_taps, tail
             )
             out.append(patches.astype(np.float32))
             deep.append(deeper[0] if deeper else None)
@@ -178,9 +183,9 @@ def update_bundle(
     )
     old_threshold = bundle.models["scorer"].calibration.threshold  # type: ignore[union-attr]
     defect_paths = [p for paths in feedback.defects.values() for p in paths]
-    defect_patches, _, defect_deep = scorer.patches(_prepared(defect_paths, spec))
+    defect_patches, _, defect_deep = scorer.patches(_prepared(defect_paths, spec), with_deep=True)
     test_images, test_samples = load_images(splits.test, spec)
-    test_patches, _, test_deep = scorer.patches(test_images)
+    test_patches, _, test_deep = scorer.patches(test_images, with_deep=True)
     labels = np.array([s.label for s in test_samples])
     before = {
         "alarms": scorer.scores(alarm_patches, grid, bank)[0] if alarm_patches else np.zeros(0),

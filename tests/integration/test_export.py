@@ -28,8 +28,7 @@ def test_int8_scorer_keeps_float_quality(bottle_bundle):
     assert figures["size_export_bytes"] < figures["size_float_bytes"] / 2
     scorer = manifest["models"]["scorer"]
     assert scorer["input"]["dtype"] == "int8" and scorer["input"]["scale"] > 0
-    patch_taps = scorer["params"]["patch_taps"]  # the type head's deeper tap follows them (see below)
-    assert [o["shape"] for o in scorer["outputs"]][:patch_taps] == [[1, 28, 28, 40], [1, 14, 14, 112]]
+    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112]]  # the patch taps only
     assert scorer["calibration"]["threshold"] > scorer["calibration"]["center"]
 
 
@@ -232,8 +231,10 @@ def test_type_head_reads_the_scorer_graph(bottle_run, bottle_bundle, datasets_ro
     assert entry["kind"] == "type_head" and entry["shares_graph_of"] == "scorer"
     assert entry["class_names"] == ["broken_large", "broken_small", "contamination"]
     assert "type_head.npz" in manifest["files"] and "classifier.tflite" not in manifest["files"]
-    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112], [1, 7, 7, 320]]
-    assert scorer["params"]["patch_taps"] == 2
+    # every frame runs the scorer graph to its last patch tap; the type tail (to stride 32) only when asked
+    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112]]
+    assert scorer["params"]["patch_taps"] == 2 and scorer["params"]["type_tail"] == "type_tail.tflite"
+    assert "type_tail.tflite" in manifest["files"] and [o["shape"] for o in entry["outputs"]] == [[1, 7, 7, 320]]
     assert manifest["metrics"]["classifier"]["top1_agreement"] >= 0.9
     assert manifest["metrics"]["scorer"]["auroc_export"] >= manifest["metrics"]["scorer"]["auroc_float"] - 0.01
 
@@ -245,6 +246,32 @@ def test_type_head_reads_the_scorer_graph(bottle_run, bottle_bundle, datasets_ro
         assert result.anomalous == (path.parent.name != "good"), path
         hits += result.defect_type == path.parent.name
     assert hits >= 10  # of 12 defective images (the head saw them in training: a wiring check, not a figure)
+
+    class CountingTail:
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+
+        def __call__(self, x):
+            self.calls += 1
+            return self.model(x)
+
+    inspector.scorer.tail = tail = CountingTail(inspector.scorer.tail)
+    good, broken = (read_image(datasets_root / f"mvtec_ad/bottle/test/{k}/000.png") for k in ("good", "broken_large"))
+    assert not inspector.inspect(good).anomalous and tail.calls == 0  # a normal frame never runs the tail
+    assert inspector.inspect(broken).defect_type is not None and tail.calls == 1
+    assert inspector.inspect(good, classify_all=True).defect_type is not None and tail.calls == 2
+
+    shutil.copytree(bottle_bundle, tmp_path / "wrong-tail")
+    wrong = json.loads(json.dumps(manifest))
+    wrong["models"]["scorer"]["params"]["type_tail"] = "scorer.tflite"  # hashed, but it reads images, not the tap
+    (tmp_path / "wrong-tail" / "manifest.json").write_text(json.dumps(wrong))
+    with pytest.raises(BundleError, match=r"scorer\.tflite: input \[1, 224, 224, 3\] is not the last patch tap"):
+        Inspector(load_bundle(tmp_path / "wrong-tail"))
+    del wrong["files"]["type_tail.tflite"]
+    wrong["models"]["scorer"]["params"]["type_tail"] = "type_tail.tflite"
+    (tmp_path / "wrong-tail" / "manifest.json").write_text(json.dumps(wrong))
+    with pytest.raises(BundleError, match=r"type_tail\.tflite is not covered by a hash"):
+        load_bundle(tmp_path / "wrong-tail")
 
     shutil.copytree(bottle_bundle, tmp_path / "renamed")
     manifest["models"]["classifier"]["class_names"][0] = "dent"
