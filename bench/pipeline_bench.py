@@ -177,12 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             full_s3 = replay(args.bundle, paths, args.repeats, port, s3_url)
             folder1 = folder_run(args.bundle, paths, args.repeats, port, s3_url, workers=1)
             folder2 = folder_run(args.bundle, paths, args.repeats, port, s3_url, workers=2)
+        folder1_mqtt = folder_run(args.bundle, paths, args.repeats, port, None, workers=1)
         folder2_mqtt = folder_run(args.bundle, paths, args.repeats, port, None, workers=2)
     rows = [
         ("scoring alone, 1 thread (2 interpreter threads)", alone, alone),
         ("scoring alone, 2 threads (1 interpreter thread each)", alone2, alone2),
         ("replay, 1 thread: decode + score + classify + heatmap + SQLite + MQTT", full, alone),
         ("replay, 1 thread, + S3 mirror (moto on loopback)", full_s3, alone),
+        (
+            "folder camera, workers 1 (the default): files dropped at once, MQTT (S3 off), until all stored",
+            folder1_mqtt,
+            alone,
+        ),
         ("folder camera, workers 1: files dropped at once, MQTT + S3, until all stored", folder1, alone),
         ("folder camera, workers 2: files dropped at once, MQTT (S3 off), until all stored", folder2_mqtt, alone2),
         ("folder camera, workers 2: files dropped at once, MQTT + S3, until all stored", folder2, alone2),

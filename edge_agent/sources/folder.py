@@ -6,14 +6,15 @@ for missed events and for network shares. Files wait on disk, so back-pressure (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
-import shutil
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from edge_agent.config import FolderSourceConfig
 from edge_agent.preprocess import decode_image
 from edge_agent.records import Frame
 from edge_agent.sources.base import Source, SourceItem
+from edge_agent.sources.files import (
+    SYMLINK_REASON,
+    fit_name,
+    is_ignored_name,
+    move_unique,
+    read_regular,
+    relative_inside,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,72 +46,6 @@ class _QuietShutdownRace(logging.Filter):
 
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdownRace())
-
-#: Names a writer is still busy with (partial uploads, editor and download temporaries).
-TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", "~")
-SYMLINK_REASON = "symlink not followed"
-MAX_FILE_BYTES = 256 * 1024 * 1024
-NAME_MAX = 255
-
-
-def is_ignored_name(name: str) -> bool:
-    """True for hidden, temporary and partial-upload names."""
-    return not name or name.startswith(".") or name.endswith(TEMP_SUFFIXES)
-
-
-def relative_inside(root: Path, path: Path, recursive: bool) -> str | None:
-    """Posix path of ``path`` relative to the resolved ``root``; None when outside, ignored, or via ``..``.
-
-    Only the parent directory is resolved: a symlinked file stays a symlink, a symlinked directory is outside.
-    """
-    if path.name in ("", ".", "..") or is_ignored_name(path.name):
-        return None
-    try:
-        parent = path.parent.resolve()
-    except (OSError, RuntimeError):
-        return None
-    if parent != root and not (recursive and parent.is_relative_to(root)):
-        return None
-    rel = (parent / path.name).relative_to(root)
-    if any(part == ".." or is_ignored_name(part) for part in rel.parts):
-        return None
-    return rel.as_posix()
-
-
-def fit_name(stem: str, suffix: str) -> str:
-    """``stem + suffix``, the stem shortened (on a character boundary) to fit the 255-byte name limit."""
-    room = NAME_MAX - len(os.fsencode(suffix))
-    raw = os.fsencode(stem)
-    if len(raw) > room:
-        stem = os.fsdecode(raw[:room].decode("utf-8", "ignore").encode("utf-8"))
-    return stem + suffix
-
-
-def move_unique(src: Path, dest: Path) -> Path:
-    """Move ``src`` (a symlink itself, not its target) to ``dest``, or ``<stem>-1<ext>``... if taken."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stem, ext = os.path.splitext(dest.name)
-    candidate, n = dest, 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = dest.with_name(fit_name(stem, f"-{n}{ext}"))
-    shutil.move(src, candidate)
-    return candidate
-
-
-def _read_regular(path: Path) -> bytes:
-    """Read a regular file without following a symlink or blocking on a FIFO swapped in meanwhile."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            msg = f"{path}: not a regular file"
-            raise OSError(msg)
-        if st.st_size > MAX_FILE_BYTES:
-            msg = f"{path}: {st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte limit"
-            raise OSError(msg)
-        return fh.read()
 
 
 class _Events(FileSystemEventHandler):
@@ -178,26 +121,47 @@ class FolderSource(Source):
         threading.Thread(target=self._stop_observer, name=f"unwatch-{self.camera}", daemon=True).start()
 
     def items(self, stop: threading.Event, timeout: float = 0.5) -> Iterator[SourceItem]:
-        """Yield one item per complete file until ``stop`` is set; a file not ``done`` is retried later."""
+        """Yield one item per complete file until ``stop`` is set; a file not ``done`` is retried later.
+
+        While the caller scores an item, the next queued file is read and decoded in a background thread (OpenCV
+        releases the GIL while decoding), so one scoring thread does not leave a core idle during decodes.
+        """
         self.start()
         handed: str | None = None
-        try:
-            while not stop.is_set() and not self._halt.is_set():
+        ahead: tuple[str, Future[SourceItem | None]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix=f"decode-{self.camera}") as decoder:
+            try:
+                while not stop.is_set() and not self._halt.is_set():
+                    self._release(handed)
+                    handed = None
+                    if ahead is None:
+                        try:
+                            ahead = self._read_ahead(decoder, self._queue.get(timeout=timeout))
+                        except queue.Empty:
+                            continue
+                    fid, loading = ahead
+                    item = loading.result()
+                    ahead = None
+                    with contextlib.suppress(queue.Empty):
+                        ahead = self._read_ahead(decoder, self._queue.get_nowait())
+                    if item is None:  # vanished meanwhile
+                        with self._lock:
+                            self._claimed.pop(fid, None)
+                        continue
+                    handed = fid
+                    yield item
+            finally:
                 self._release(handed)
-                handed = None
-                try:
-                    fid, path = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    continue
-                item = self._load(fid, path)
-                if item is None:  # vanished meanwhile
+                if ahead is not None:  # read ahead, never handed out: the next scan offers it again
+                    ahead[1].result()
                     with self._lock:
-                        self._claimed.pop(fid, None)
-                    continue
-                handed = fid
-                yield item
-        finally:
-            self._release(handed)
+                        self._claimed.pop(ahead[0], None)
+
+    def _read_ahead(
+        self, decoder: ThreadPoolExecutor, queued: tuple[str, Path]
+    ) -> tuple[str, Future[SourceItem | None]]:
+        fid, path = queued
+        return fid, decoder.submit(self._load, fid, path)
 
     def done(self, item: SourceItem, ok: bool) -> None:
         """Apply ``after`` to a scored file (``ok``), or quarantine an unreadable one with a reason file."""
@@ -226,7 +190,7 @@ class FolderSource(Source):
         if stat.S_ISLNK(st.st_mode):
             return SourceItem(frame, None, SYMLINK_REASON, "symlink")
         try:
-            image = decode_image(_read_regular(path), str(path))
+            image = decode_image(read_regular(path), str(path))
         except OSError as err:
             return SourceItem(frame, None, f"{path}: cannot read ({err.strerror or err})", "unreadable")
         except Exception as err:  # ImageDecodeError, or anything OpenCV throws at hostile bytes
