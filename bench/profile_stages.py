@@ -31,7 +31,7 @@ from edge_agent.pipeline import CameraPipeline
 from edge_agent.preprocess import read_image
 from edge_agent.records import Frame
 from edge_agent.runtime import TFLiteModel
-from edge_agent.scoring import NearestNeighbourIndex
+from edge_agent.scoring import ThreadedSearch
 from edge_agent.store import Store
 
 
@@ -81,12 +81,12 @@ def instrument(clock: StageClock) -> None:
         (inspector_module, "prepare", "resize + colour (shared pre-processing)"),
         (inspector_module, "patch_embedding", "patch embedding (pool, concat)"),
         (inspector_module, "distance_map", "distance map (upsample, blur)"),
-        (pipeline_module, "render_heatmap", "heatmap render"),
+        (pipeline_module, "calibrated_heatmap", "heatmap render"),
     ]:
         setattr(module, name, clock.timed(label, getattr(module, name)))
     for cls, name, label in [
         (TFLiteModel, "__call__", _graph_label),
-        (NearestNeighbourIndex, "distances", "nearest-neighbour search (float32)"),
+        (ThreadedSearch, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (DefectClassifier, "probabilities", "type features + classifier softmax"),
         (CameraPipeline, "_save_heatmap", "heatmap encode + write (JPEG)"),
         (CameraPipeline, "_keep_original", "original copy"),
