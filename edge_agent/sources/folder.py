@@ -6,7 +6,6 @@ for missed events and for network shares. Files wait on disk, so back-pressure (
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -14,7 +13,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,47 +119,26 @@ class FolderSource(Source):
         threading.Thread(target=self._stop_observer, name=f"unwatch-{self.camera}", daemon=True).start()
 
     def items(self, stop: threading.Event, timeout: float = 0.5) -> Iterator[SourceItem]:
-        """Yield one item per complete file until ``stop`` is set; a file not ``done`` is retried later.
-
-        While the caller scores an item, the next queued file is read and decoded in a background thread (OpenCV
-        releases the GIL while decoding), so one scoring thread does not leave a core idle during decodes.
-        """
+        """Yield one item per complete file until ``stop`` is set; a file not ``done`` is retried later."""
         self.start()
         handed: str | None = None
-        ahead: tuple[str, Future[SourceItem | None]] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix=f"decode-{self.camera}") as decoder:
-            try:
-                while not stop.is_set() and not self._halt.is_set():
-                    self._release(handed)
-                    handed = None
-                    if ahead is None:
-                        try:
-                            ahead = self._read_ahead(decoder, self._queue.get(timeout=timeout))
-                        except queue.Empty:
-                            continue
-                    fid, loading = ahead
-                    item = loading.result()
-                    ahead = None
-                    with contextlib.suppress(queue.Empty):
-                        ahead = self._read_ahead(decoder, self._queue.get_nowait())
-                    if item is None:  # vanished meanwhile
-                        with self._lock:
-                            self._claimed.pop(fid, None)
-                        continue
-                    handed = fid
-                    yield item
-            finally:
+        try:
+            while not stop.is_set() and not self._halt.is_set():
                 self._release(handed)
-                if ahead is not None:  # read ahead, never handed out: the next scan offers it again
-                    ahead[1].result()
+                handed = None
+                try:
+                    fid, path = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    continue
+                item = self._load(fid, path)
+                if item is None:  # vanished meanwhile
                     with self._lock:
-                        self._claimed.pop(ahead[0], None)
-
-    def _read_ahead(
-        self, decoder: ThreadPoolExecutor, queued: tuple[str, Path]
-    ) -> tuple[str, Future[SourceItem | None]]:
-        fid, path = queued
-        return fid, decoder.submit(self._load, fid, path)
+                        self._claimed.pop(fid, None)
+                    continue
+                handed = fid
+                yield item
+        finally:
+            self._release(handed)
 
     def done(self, item: SourceItem, ok: bool) -> None:
         """Apply ``after`` to a scored file (``ok``), or quarantine an unreadable one with a reason file."""

@@ -395,38 +395,3 @@ def test_a_slow_move_is_not_offered_again(watched, monkeypatch, caplog):
     assert [i.frame.frame_id for i in got] == ["a.png"]
     assert (root.parent / "done" / "a.png").is_file() and not (root / "a.png").exists()
     assert "not done" not in caplog.text
-
-
-def test_the_next_file_is_decoded_while_the_current_one_is_scored(watched, monkeypatch):
-    """One scoring thread keeps both cores busy: the next file is decoded in the background; a file read ahead but
-    never handed out (the consumer stopped) is offered again."""
-    import edge_agent.sources.folder as folder_module
-
-    root, sources = watched
-    now = time.time()
-    put(root / "a.png", BOTTLE, now - 20)
-    put(root / "b.png", TIRE, now - 10)
-    decoded: list[tuple[str, str]] = []
-    real_decode = folder_module.decode_image
-
-    def recording_decode(data, name):
-        decoded.append((Path(name).name, threading.current_thread().name))
-        return real_decode(data, name)
-
-    monkeypatch.setattr(folder_module, "decode_image", recording_decode)
-    src = make(root, stable_seconds=0.0)
-    sources.append(src)
-    src.start()
-    deadline = time.monotonic() + 5.0
-    while src.max_queued < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    items = src.items(threading.Event(), timeout=0.05)
-    first = next(items)
-    while len(decoded) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert first.frame.frame_id == "a.png"
-    assert [name for name, _ in decoded] == ["a.png", "b.png"]  # b decoded before a is done
-    assert all(thread.startswith("decode-cam1") for _, thread in decoded)
-    src.done(first, ok=True)
-    items.close()  # the consumer stops with b read ahead
-    assert [i.frame.frame_id for i in collect(src, 1)] == ["b.png"]
