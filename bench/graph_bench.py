@@ -29,7 +29,7 @@ from edge_agent.manifest import PatchCoreParams
 from edge_agent.preprocess import normalise, prepare, read_image
 from edge_agent.runtime import TFLiteModel
 from model_export.convert import convert
-from training.backbones.efficientnet_lite import feature_extractor, tap_layer_names
+from training.backbones.efficientnet_lite import feature_extractor
 from training.config import load_train_config
 from training.data import load_dataset
 
@@ -79,11 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     variant = str(settings.get("backbone", "efficientnet_lite0")).removeprefix("efficientnet_")
     splits = load_dataset(load_train_config(args.config).dataset)
     calibration = np.stack([prepare(read_image(s.path), spec) for s in splits.train[:CALIBRATION_IMAGES]])
-    strides = {v: int(k.removeprefix("stride")) for k, v in tap_layer_names(variant).items()}
-    scorer_probe = TFLiteModel(bundle.path / entry.file, 1)
-    coarsest = min(t.shape[1] for t in scorer_probe.outputs if len(t.shape) == 4)
-    deepest = spec.size // coarsest
-    assert deepest in strides.values(), f"no stage of {variant} ends at stride {deepest}"
+    coarsest = min(o.shape[1] for o in entry.outputs if len(o.shape) == 4)
+    deepest = spec.size // coarsest  # feature_extractor refuses a stride no stage ends at
     bare = bare_graph(variant, spec.size, deepest, normalise(calibration, spec))
     test = splits.test[:: max(1, len(splits.test) // args.frames)][: args.frames]
     decoded = [read_image(s.path) for s in test]
