@@ -5,7 +5,7 @@ chooses the settings from normal images), the type head is fitted on the run (da
 types), and the run is exported to an int8 bundle (scorer and type head in one graph). The first table gives the
 settings chosen, the search's share of the training time, float and int8 figures on the test split (which the
 search never read), and the false-alarm rate and recall at the shipped (int8) threshold; the second the type
-head's 5-fold macro F1 and its int8 agreement.
+head's 5-fold macro F1 (mean of 5 repeated splits) and its int8 agreement.
 Run with ``make bench-auto``; writes ``bench/results/autoconfig.md``.
 """
 
@@ -98,8 +98,9 @@ def render(rows: list[dict[str, Any]]) -> str:
 def render_types(rows: list[dict[str, Any]]) -> str:
     """The Markdown table of the type head per data set."""
     lines = [
-        "| data set | defect types | macro F1 as the line sees it (5-fold) | macro F1 of the types alone "
-        "| confusion [true][predicted], good first | int8: macro F1 line / types (5-fold, re-fitted) "
+        "| data set | defect types | macro F1 as the line sees it (5-fold x 5 repeats, mean) "
+        "| macro F1 of the types alone | confusion [true][predicted], good first "
+        "| int8: macro F1 line / types (5-fold x 5, re-fitted) "
         "| int8 top-1 agreement with float | fit + CV s |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -102,7 +102,10 @@ def type_head_entry(
         "types_macro_f1_drop": drop,
         "top1_agreement": agreement,
         "min_agreement_asked": min_agreement,
-        "compared_on": f"{int(defects.sum())} defective test images ({run['folds']}-fold CV for the F1 figures)",
+        "compared_on": (
+            f"{int(defects.sum())} defective test images "
+            f"({run['folds']}-fold CV x {run.get('repeats', 1)} repeats for the F1 figures)"
+        ),
         "size_export_bytes": (staging / head_file).stat().st_size,
     }
     if drop > MAX_F1_DROP:

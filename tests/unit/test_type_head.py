@@ -79,3 +79,18 @@ def test_cross_validation_reports_what_the_line_sees():
     cm = np.array(flawed["confusion_matrix"])
     assert cm[1, 0] == 1 and cm[0, 0] == 9 and cm[0, 1:].sum() == 1
     assert flawed["types_macro_f1"] == pytest.approx(1.0) and flawed["macro_f1"] < 1.0
+
+
+def test_cross_validation_averages_repeated_splits():
+    """The F1 figures are the means over the repeats, each repeat a split of its own seed."""
+    rng = np.random.default_rng(5)
+    types = np.repeat([0, 1, 2], 8)
+    features = rng.normal(0, 1.0, (24, 4)) + np.eye(3, 4)[types] * 1.2  # overlapping: the split matters
+    anomalous = np.ones(24, bool)
+    report = cross_validate(features, types, 3, anomalous, folds=4, seed=7, repeats=3)
+    singles = [cross_validate(features, types, 3, anomalous, folds=4, seed=7 + r, repeats=1) for r in range(3)]
+    assert report["macro_f1_per_repeat"] == pytest.approx([s["macro_f1"] for s in singles])
+    assert report["macro_f1"] == pytest.approx(np.mean(report["macro_f1_per_repeat"]))
+    assert report["types_macro_f1"] == pytest.approx(np.mean([s["types_macro_f1"] for s in singles]))
+    assert report["confusion_matrix"] == singles[0]["confusion_matrix"]
+    assert len(set(report["macro_f1_per_repeat"])) > 1  # the seeds gave different splits
