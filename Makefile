@@ -47,7 +47,7 @@ test: install system-deps  ## what CI runs: ruff (lint + format), mypy (strict o
 	$(PY) -m mypy
 	$(PY) -m pytest -q --durations=25
 
-test-fast: install  ## the edit loop (under 2 minutes): ruff and the unit tests that train nothing (no services)
+test-fast: install system-deps  ## the edit loop (under 2 minutes): ruff and the unit tests that train nothing (no services; shellcheck from system-deps)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" tests/unit
 
