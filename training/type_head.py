@@ -98,20 +98,16 @@ def float_evidence(
     return np.stack(features), np.array(scores), np.float32(params["threshold"])
 
 
-def _out_of_fold(features: np.ndarray, types: np.ndarray, n_types: int, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold type of every image (one stratified K-fold split); good images get the all-defects head's type."""
+def _out_of_fold_types(features: np.ndarray, types: np.ndarray, n_types: int, folds: int, seed: int) -> np.ndarray:
+    """Out-of-fold type of each defective image (``types >= 0``, in order) from one stratified K-fold split."""
     from training.train_classifier import stratified_folds
 
     defect = np.flatnonzero(types >= 0)
-    predicted = np.full(len(types), -1)
+    predicted = np.full(len(defect), -1)
     for held in stratified_folds(types[defect], folds, seed):
         fit_idx = np.setdiff1d(np.arange(len(defect)), held)
         head = fit_logistic(features[defect[fit_idx]], types[defect[fit_idx]], n_types)
-        predicted[defect[held]] = head.probabilities(features[defect[held]]).argmax(axis=1)
-    good_idx = np.flatnonzero(types < 0)
-    if len(good_idx):  # a good image the scorer flags gets a type from a head trained on all defects
-        head = fit_logistic(features[defect], types[defect], n_types)
-        predicted[good_idx] = head.probabilities(features[good_idx]).argmax(axis=1)
+        predicted[held] = head.probabilities(features[defect[held]]).argmax(axis=1)
     return predicted
 
 
@@ -128,19 +124,21 @@ def cross_validate(
 
     The K-fold split is repeated ``repeats`` times with seeds ``seed, seed + 1, ...`` and the F1 figures are the
     means over the repeats (each repeat's figure is kept); the confusion matrix and accuracy are the first repeat's.
+    A good image the scorer flags gets its type from a head fitted on all defects, the same in every repeat.
     """
+    defect = types >= 0
+    predicted = np.full(len(types), -1)
+    if not defect.all():
+        head = fit_logistic(features[defect], types[defect], n_types)
+        predicted[~defect] = head.probabilities(features[~defect]).argmax(axis=1)
     line_true = types + 1  # 0 = good
     n = n_types + 1
-    defect = types >= 0
-    line_f1, types_f1, per_class = [], [], []
-    first_pred = line_true
+    line_preds, types_f1 = [], []
     for r in range(repeats):
-        predicted = _out_of_fold(features, types, n_types, folds, seed + r)
-        line_pred = np.where(anomalous, predicted + 1, 0)
-        first_pred = line_pred if r == 0 else first_pred
-        line_f1.append(float(macro_f1(line_true, line_pred, n)))
+        predicted[defect] = _out_of_fold_types(features, types, n_types, folds, seed + r)
+        line_preds.append(np.where(anomalous, predicted + 1, 0))
         types_f1.append(float(macro_f1(types[defect], predicted[defect], n_types)))
-        per_class.append(per_class_f1(line_true, line_pred, n))
+    line_f1 = [float(macro_f1(line_true, pred, n)) for pred in line_preds]
     return {
         "folds": folds,
         "repeats": repeats,
@@ -148,9 +146,9 @@ def cross_validate(
         "macro_f1": float(np.mean(line_f1)),
         "macro_f1_per_repeat": line_f1,
         "types_macro_f1_per_repeat": types_f1,
-        "per_class_f1": np.mean(per_class, axis=0).tolist(),
-        "confusion_matrix": confusion_matrix(line_true, first_pred, n).tolist(),
-        "accuracy": float((line_true == first_pred).mean()),
+        "per_class_f1": np.mean([per_class_f1(line_true, pred, n) for pred in line_preds], axis=0).tolist(),
+        "confusion_matrix": confusion_matrix(line_true, line_preds[0], n).tolist(),
+        "accuracy": float((line_true == line_preds[0]).mean()),
         "evaluation": (
             f"stratified {folds}-fold on the test split's defects, repeated {repeats} times (mean); "
             "good = below the scorer's threshold; confusion matrix of the first repeat"
