@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for ratio in (float(r) for r in args.ratios.split(",")):
-        bank, _ = build_memory_bank(scorer.embed, train, ratio, 100_000, None, (90, 180, 270), cfg.dataset.seed)
+        bank = build_memory_bank(scorer.embed, train, ratio, 100_000, None, (90, 180, 270), cfg.dataset.seed).rows
         index = NearestNeighbourIndex(bank)
         t0 = time.perf_counter()
         distances = [index.distances(p) for p in test_patches]

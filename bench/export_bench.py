@@ -70,7 +70,7 @@ def float_keras_latency(run_dir: Path, images: list[np.ndarray]) -> list[float]:
 
     from edge_agent.preprocess import PreprocessSpec, prepare
     from training.artifacts import read_calibration, read_json
-    from training.models.patchcore import PatchCoreScorer
+    from training.models.patchcore import PatchCoreScorer, load_bank
     from training.train_anomaly import keras_forward
 
     folder = run_dir / "patchcore"
@@ -83,7 +83,7 @@ def float_keras_latency(run_dir: Path, images: list[np.ndarray]) -> list[float]:
         params["pool"],
         params.get("score_top_fraction"),
     )
-    scorer.set_bank(np.load(folder / "memory_bank.npy"))
+    scorer.set_bank(*load_bank(folder))
     out = []
     for i, image in enumerate(images):
         t0 = time.perf_counter()

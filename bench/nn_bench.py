@@ -36,12 +36,20 @@ def timed(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[
     return result, time.perf_counter() - started
 
 
+def whitening(bundle: Bundle) -> np.ndarray | None:
+    """The scorer's whitening matrix (None when its bank is not whitened)."""
+    params = bundle.models["scorer"].params
+    assert isinstance(params, PatchCoreParams)
+    return np.load(bundle.path / params.whitening) if params.whitening else None
+
+
 def whole_frames(bundle: Bundle, samples: list[Sample]) -> dict[str, float]:
     """Median ms per ``Inspector.inspect`` with the agent's search and with the exact one, interleaved."""
     agent, exact = Inspector(bundle, threads=2), Inspector(bundle, threads=2)
     params = exact.entry.params
     assert isinstance(params, PatchCoreParams) and isinstance(exact.scorer, PatchCoreTFLite)
-    exact.scorer.index = NearestNeighbourIndex(np.load(bundle.path / params.memory_bank), 2)
+    bank = np.load(bundle.path / params.memory_bank)
+    exact.scorer.index = NearestNeighbourIndex(bank, 2, whitening=whitening(bundle))
     images = [read_image(s.path) for s in samples]
     times: dict[str, list[float]] = {"clustered": [], "exact": []}
     for image in images[:3]:  # warm-up
@@ -70,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     entry = bundle.models["scorer"]
     params = entry.params
     assert isinstance(params, PatchCoreParams)
-    bank = np.load(bundle.path / params.memory_bank)
+    bank, white = np.load(bundle.path / params.memory_bank), whitening(bundle)
     model = TFLiteModel(bundle.path / entry.file, 2)
     samples = load_dataset(load_train_config(args.config).dataset).test
     samples = samples[:: max(1, len(samples) // args.limit)] if args.limit else samples  # spread over the kinds
     started = time.perf_counter()
-    indexes = {threads: (NearestNeighbourIndex(bank, threads), ClusteredIndex(bank, threads)) for threads in (1, 2)}
+    indexes = {
+        threads: (NearestNeighbourIndex(bank, threads, whitening=white), ClusteredIndex(bank, threads, whitening=white))
+        for threads in (1, 2)
+    }
     build_seconds = (time.perf_counter() - started) / 2
     times: dict[str, list[float]] = {f"{kind} {t}": [] for kind in ("exact", "clustered") for t in (1, 2)}
     scores: dict[str, list[float]] = {"exact": [], "clustered": []}

@@ -136,7 +136,12 @@ class PatchCoreTFLite:
         self.model = TFLiteModel(folder / entry.file, threads)
         _check_io(self.model, entry)
         params = _params(entry, PatchCoreParams)
-        self.index = make_index(np.load(folder / params.memory_bank), threads)  # exact unless the bank is large
+        whitening = np.load(folder / params.whitening) if params.whitening else None
+        bank = np.load(folder / params.memory_bank)
+        if whitening is not None and whitening.shape != (bank.shape[1], bank.shape[1]):
+            msg = f"{params.whitening}: shape {whitening.shape} does not fit the bank's {bank.shape[1]} dims"
+            raise BundleError(msg)
+        self.index = make_index(bank, threads, whitening)  # exact unless the bank is large
         self.pool = params.pool
         self.sigma = params.blur_sigma
         self.top_fraction = params.score_top_fraction

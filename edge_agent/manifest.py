@@ -58,6 +58,13 @@ class PatchCoreParams(StrictModel):
         default=None,
         description="graph from the last patch tap to a type head's deeper tap, run only when a type is asked for",
     )
+    whitening: str | None = Field(
+        default=None, description="float32 (D, D) matrix taking patches into the bank's whitened space; null: none"
+    )
+
+    def side_files(self) -> list[str]:
+        """The files beside the graph this scorer reads."""
+        return [f for f in (self.memory_bank, self.type_tail, self.whitening) if f is not None]
 
 
 class AutoencoderParams(StrictModel):
@@ -164,9 +171,9 @@ class Manifest(StrictModel):
             if entry.kind in ("patchcore", "autoencoder") and entry.calibration is None:
                 msg = f"models.{role}: a {entry.kind} scorer needs its calibration"
                 raise ValueError(msg)
-            tail = entry.params.type_tail if isinstance(entry.params, PatchCoreParams) else None
-            for file in (entry.file, tail):
-                if file is not None and file not in self.files:
+            side = entry.params.side_files() if isinstance(entry.params, PatchCoreParams) else []
+            for file in (entry.file, *side):
+                if file not in self.files:
                     msg = f"models.{role}: {file} is not covered by a hash"
                     raise ValueError(msg)
             if entry.shares_graph_of is not None:

@@ -24,11 +24,14 @@ EXACT_MAX_ROWS = 1_536
 DEFAULT_PROBE = 8
 
 
-def make_index(bank: np.ndarray, threads: int = 1) -> NearestNeighbourIndex | ClusteredIndex:
-    """The exact search for a bank of up to :data:`EXACT_MAX_ROWS` rows, the clustered one above."""
+def make_index(
+    bank: np.ndarray, threads: int = 1, whitening: np.ndarray | None = None
+) -> NearestNeighbourIndex | ClusteredIndex:
+    """The exact search for a bank of up to :data:`EXACT_MAX_ROWS` rows, the clustered one above (``whitening``: see
+    :class:`edge_agent.scoring.ThreadedSearch`)."""
     if len(bank) <= EXACT_MAX_ROWS:
-        return NearestNeighbourIndex(bank, threads)
-    return ClusteredIndex(bank, threads)
+        return NearestNeighbourIndex(bank, threads, whitening=whitening)
+    return ClusteredIndex(bank, threads, whitening=whitening)
 
 
 def kmeans(rows: np.ndarray, cells: int, iterations: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +56,15 @@ class ClusteredIndex(ThreadedSearch):
     """Inverted-file nearest-neighbour distances over k-means cells of the bank (see the module docstring); a query
     gets the distance to its nearest row among the probed cells."""
 
-    def __init__(self, bank: np.ndarray, threads: int = 1, probe: int = DEFAULT_PROBE, seed: int = 0) -> None:
+    def __init__(
+        self,
+        bank: np.ndarray,
+        threads: int = 1,
+        probe: int = DEFAULT_PROBE,
+        seed: int = 0,
+        whitening: np.ndarray | None = None,
+    ) -> None:
+        self.whitening = whitening
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         n_cells = max(1, round(np.sqrt(len(bank))))
         self.centroids, cell_of = kmeans(bank, n_cells, seed=seed)

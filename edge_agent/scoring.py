@@ -58,14 +58,20 @@ def _resize_channels(fmap: np.ndarray, width: int, height: int) -> np.ndarray:
 
 class ThreadedSearch:
     """Nearest-neighbour distances with the queries split over ``threads`` threads (BLAS and the numpy reductions
-    release the GIL, which halves the search time of one image on two idle cores). Subclasses give ``_search``."""
+    release the GIL, which halves the search time of one image on two idle cores). Subclasses give ``_search``.
+
+    With a ``whitening`` matrix (D, D) the bank rows are already whitened and each query is multiplied by it before
+    the search: distances are L2 in the whitened space (see :func:`training.models.patchcore.fit_whitening`)."""
 
     threads: int = 1
+    whitening: np.ndarray | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
-        """L2 distance of each query row to its nearest bank row."""
+        """L2 distance of each query row (in the patches' own space) to its nearest bank row."""
         queries = np.asarray(queries, np.float32)
+        if self.whitening is not None:
+            queries = queries @ self.whitening
         out = np.empty(len(queries), np.float32)
         if self.threads == 1 or len(queries) < 64 * self.threads:
             self._search(queries, out)
@@ -88,7 +94,10 @@ class NearestNeighbourIndex(ThreadedSearch):
     """Exact nearest-neighbour distances from query patches to a float32 memory bank (L2), ``chunk`` queries at a
     time."""
 
-    def __init__(self, bank: np.ndarray, threads: int = 1, chunk: int = 4096) -> None:
+    def __init__(
+        self, bank: np.ndarray, threads: int = 1, chunk: int = 4096, whitening: np.ndarray | None = None
+    ) -> None:
+        self.whitening = whitening
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.bank_t = np.ascontiguousarray(self.bank.T)
         self.bank_sq = np.einsum("ij,ij->i", self.bank, self.bank).astype(np.float32)

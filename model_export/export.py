@@ -30,6 +30,7 @@ from training import metrics
 from training.artifacts import code_version, data_description, read_calibration, read_json
 from training.config import TrainConfig
 from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
+from training.models.patchcore import MemoryBank
 from training.synthetic import synthetic_recall
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _scorer_kind(folder: Path) -> str:
 
 def _float_scores(folder: Path, kind: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and maps of the float Keras model (the reference of the parity check)."""
-    from training.models.patchcore import PatchCoreScorer
+    from training.models.patchcore import PatchCoreScorer, load_bank
     from training.train_anomaly import AutoencoderScorer, keras_forward
 
     spec = PreprocessSpec.from_dict(read_json(folder / "preprocess.json"))
@@ -69,7 +70,7 @@ def _float_scores(folder: Path, kind: str, images: np.ndarray) -> tuple[np.ndarr
     if kind == "patchcore":
         forward = keras_forward(keras.models.load_model(folder / "backbone.keras", compile=False))
         scorer = PatchCoreScorer(forward, spec, params["blur_sigma"], params["pool"], params["score_top_fraction"])
-        scorer.set_bank(np.load(folder / "memory_bank.npy"))
+        scorer.set_bank(*load_bank(folder))
         return scorer.score(images)
     model = keras.models.load_model(folder / "model.keras", compile=False)
     forward = keras_forward(model)
@@ -130,9 +131,12 @@ def export_scorer(
     loo_scores = None
     if kind == "patchcore":
         bank, loo_scores = refit_memory_bank(TFLiteModel(tflite, 2), train_images, spec, params, cfg)
-        np.save(staging / "memory_bank.npy", bank)
+        np.save(staging / "memory_bank.npy", bank.rows)
         entry["params"]["memory_bank"] = "memory_bank.npy"
-        entry["params"]["bank_size"] = len(bank)
+        entry["params"]["bank_size"] = len(bank.rows)
+        if bank.whitening is not None:
+            np.save(staging / "whitening.npy", bank.whitening)
+            entry["params"]["whitening"] = "whitening.npy"
         entry["params"]["patch_taps"] = len(params["taps"])
     edge_cls = PatchCoreTFLite if kind == "patchcore" else AutoencoderTFLite
     edge = edge_cls(parse_entry("scorer", entry), staging, threads=2)
@@ -180,13 +184,14 @@ def export_scorer(
 
 def refit_memory_bank(
     model: TFLiteModel, train_images: np.ndarray, spec: PreprocessSpec, params: dict[str, Any], cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[MemoryBank, np.ndarray]:
     """PatchCore memory bank rebuilt from the exported graph's own features, and the leave-one-out scores.
 
-    Same coreset procedure as training (``params["bank"]``, written by training). Comparing int8 features with an
-    int8-built bank cancels the graph's systematic quantisation error: on tire it took the int8 image AUROC from
-    0.569 (float bank) to 0.794, float 0.750. The second array holds each training image's score against the bank
-    without its own rows (for the threshold, as in training).
+    Same coreset procedure as training (``params["bank"]``, written by training), whitening included: it is
+    fitted again on the exported graph's patches. Comparing int8 features with an int8-built bank cancels the
+    graph's systematic quantisation error: on tire it took the int8 image AUROC from 0.569 (float bank) to 0.794,
+    float 0.750. The second array holds each training image's score against the bank without its own rows (for
+    the threshold, as in training).
     """
     from training.models.patchcore import build_memory_bank, leave_one_out_scores
 
@@ -202,9 +207,11 @@ def refit_memory_bank(
             out.append(patches)
         return np.stack(out)
 
-    bank, sources = build_memory_bank(embed, train_images, **bank_kwargs)
+    bank = build_memory_bank(embed, train_images, **bank_kwargs)
     loo = leave_one_out_scores(
-        embed(train_images), bank, sources, grid[0], spec.size, params["blur_sigma"], params["score_top_fraction"]
+        embed(train_images),
+        *(bank.rows, bank.sources, grid[0], spec.size, params["blur_sigma"], params["score_top_fraction"]),
+        bank.whitening,
     )
     return bank, loo
 

@@ -36,7 +36,8 @@ def fixture_images() -> Path:
 
 BOTTLE_CONFIG = """
 dataset: {name: bottle, layout: mvtec, root: mvtec_ad/bottle, val_fraction: 0.15}
-patchcore: {backbone: efficientnet_lite0, size: 224, coreset_ratio: 0.01, bank_rotations: []}  # search: blur, score
+# the search chooses blur and score rule; whitening is fixed on so that every later stage runs the whitened path
+patchcore: {backbone: efficientnet_lite0, size: 224, coreset_ratio: 0.01, bank_rotations: [], whiten: true}
 autoencoder: {size: 64, epochs: 2, base_filters: 8, latent_channels: 16, augment: {hflip: true}}
 heatmap_samples: 4
 """

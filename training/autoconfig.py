@@ -4,9 +4,10 @@ Candidate settings are judged on held-out normal images (the validation split) a
 defects made from them (:mod:`training.synthetic`); real defective images are never read. The objective is
 ``image AUROC + PIXEL_WEIGHT * pixel AUROC`` of synthetic defects against the held-out normals; among
 candidates within ``TIE`` of the best, the cheapest on the edge wins (smaller input, fewer orientations,
-smaller bank). Geometry candidates (input size, bank orientations) each embed the images once; the coreset is
-greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and the image-score
-rule only re-read the distance grids. Any setting written in the YAML is kept and not searched.
+smaller bank, no whitening). Geometry candidates (input size, bank orientations) each embed the images once;
+the coreset is chosen in each feature space tried (the backbone's own, whitened), and it is greedy, so one run
+at the largest ratio yields every smaller ratio as a prefix; smoothing and the image-score rule only re-read the
+distance grids. Any setting written in the YAML is kept and not searched.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PIXEL_WEIGHT = 0.5
 TIE = 0.002
-SEARCHED = ("backbone", "size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction")
+SEARCHED = ("backbone", "size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction", "whiten")
 #: Relative cost per pixel on the edge of each backbone the search may try.
 BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.3, "efficientnet_lite2": 1.8}
 #: Backbones tried, besides the YAML's, at the best geometry found. Empty by default: EfficientNet-Lite2 won the
@@ -45,6 +46,8 @@ ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
 CORESET_RATIOS = (0.01, 0.02)
 BLUR_SIGMAS = (2.0, 4.0, 8.0, 16.0)
 TOP_FRACTIONS: tuple[float | None, ...] = (None, 0.01)
+#: Whitened feature space (:func:`training.models.patchcore.fit_whitening`) or the backbone's own.
+WHITEN = (False, True)
 SEARCH_TRAIN_IMAGES = 120
 HELD_OUT_IMAGES = 40
 DEFECTS_PER_IMAGE = 3
@@ -60,9 +63,11 @@ class Candidate:
     coreset_ratio: float
     blur_sigma: float
     score_top_fraction: float | None
+    whiten: bool
     image_auroc: float
     pixel_auroc: float
     bank_size: int
+    feature_dim: int
 
     @property
     def objective(self) -> float:
@@ -71,9 +76,11 @@ class Candidate:
 
     @property
     def cost(self) -> float:
-        """Relative edge cost: pixels per frame times a search over the bank."""
+        """Relative edge cost: pixels per frame times a search over the bank (whitening a patch costs about as much
+        as comparing it with ``feature_dim`` more rows)."""
         per_pixel = BACKBONE_COST.get(self.backbone, 2.0)
-        return per_pixel * (self.size / 224) ** 2 * (1 + self.bank_size / 4000)
+        rows = self.bank_size + (self.feature_dim if self.whiten else 0)
+        return per_pixel * (self.size / 224) ** 2 * (1 + rows / 4000)
 
 
 def _options(pc: PatchCoreConfig, field: str, default: Sequence[Any]) -> list[Any]:
@@ -123,10 +130,18 @@ def _evaluate_grids(
 
 
 class _SizeFeatures:
-    """Everything the search needs at one input size, computed once: backbone, held-out embeddings, coresets."""
+    """Everything the search needs at one input size, computed once: backbone, held-out embeddings, the whitening
+    fitted on the upright training patches, coresets in each feature space tried (``whiten_options``)."""
 
     def __init__(
-        self, pc: PatchCoreConfig, backbone_name: str, size: int, train: list[Sample], held_out: np.ndarray, seed: int
+        self,
+        pc: PatchCoreConfig,
+        backbone_name: str,
+        size: int,
+        train: list[Sample],
+        held_out: np.ndarray,
+        seed: int,
+        whiten_options: Sequence[bool] = (False,),
     ) -> None:
         from training.backbones import get_backbone
         from training.models.patchcore import PatchCoreScorer
@@ -141,24 +156,33 @@ class _SizeFeatures:
         assert self.scorer.grid is not None
         self.grid: tuple[int, int] = self.scorer.grid
         self.n_patches = 0
-        self.prefixes: dict[int, np.ndarray] = {}
+        self.whiten_options = tuple(whiten_options)
+        self.whitening: np.ndarray | None = None
+        self.prefixes: dict[tuple[int, bool], np.ndarray] = {}
 
-    def coreset(self, degrees: int, max_ratio: float) -> np.ndarray:
-        """Greedy coreset rows of the training images turned by ``degrees``, at ``max_ratio`` (smaller: a prefix)."""
-        from training.models.patchcore import greedy_coreset
+    def coreset(self, degrees: int, max_ratio: float, whiten: bool) -> np.ndarray:
+        """Greedy coreset rows of the training images turned by ``degrees``, at ``max_ratio`` (smaller: a prefix),
+        in the whitened space or not. Each orientation is embedded once, for every feature space tried."""
+        from training.models.patchcore import fit_whitening, greedy_coreset
 
-        if degrees not in self.prefixes:
+        if (degrees, whiten) not in self.prefixes:
             turned = np.ascontiguousarray(np.rot90(self.train_images, degrees // 90, axes=(1, 2)))
             patches = self.scorer.embed(turned)
             patches = patches.reshape(-1, patches.shape[-1])
             self.n_patches = len(patches)
             n_max = _bank_rows(max_ratio, self.n_patches, self.pc.max_bank)
-            self.prefixes[degrees] = patches[greedy_coreset(patches, n_max, self.pc.projection_dim or 128, self.seed)]
-        return self.prefixes[degrees]
+            for option in self.whiten_options:
+                if option and self.whitening is None:
+                    assert degrees == 0, "the whitening is fitted on the upright patches"
+                    self.whitening = fit_whitening(patches)
+                space = patches @ self.whitening if option else patches
+                chosen = greedy_coreset(space, n_max, self.pc.projection_dim or 128, self.seed)
+                self.prefixes[degrees, option] = space[chosen]
+        return self.prefixes[degrees, whiten]
 
-    def bank(self, turns: Sequence[int], ratio: float, max_ratio: float) -> np.ndarray:
+    def bank(self, turns: Sequence[int], ratio: float, max_ratio: float, whiten: bool) -> np.ndarray:
         """The memory bank of orientations ``0, *turns`` at ``ratio``."""
-        rows = [self.coreset(d, max_ratio) for d in (0, *turns)]
+        rows = [self.coreset(d, max_ratio, whiten) for d in (0, *turns)]
         return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
 
 
@@ -197,6 +221,7 @@ class _Search:
         self.ratios = sorted(_options(pc, "coreset_ratio", CORESET_RATIOS))
         self.sigmas = _options(pc, "blur_sigma", BLUR_SIGMAS)
         self.tops = _options(pc, "score_top_fraction", TOP_FRACTIONS)
+        self.whiten = _options(pc, "whiten", WHITEN)
         self.t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
         train = list(splits.train)
@@ -221,19 +246,22 @@ class _Search:
         key = (backbone, size)
         if key not in self.features:
             held_out = np.concatenate([self.normals, self.defects])
-            self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
+            features = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed, self.whiten)
+            self.features[key] = features
         at_size = self.features[key]
         size_masks = _shrink_masks(self.masks, size)
         n_normal = len(self.normals)
-        for ratio in self.ratios:
-            bank = at_size.bank(turns, ratio, self.ratios[-1])
-            index = NearestNeighbourIndex(bank, threads=2)
+        for whiten, ratio in itertools.product(self.whiten, self.ratios):
+            bank = at_size.bank(turns, ratio, self.ratios[-1], whiten)
+            index = NearestNeighbourIndex(bank, threads=2, whitening=at_size.whitening if whiten else None)
             distances = np.stack([index.distances(p) for p in at_size.held])
+            setting = (backbone, size, turns, ratio)
             for sigma in self.sigmas:
                 maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
                 for top in self.tops:
                     auroc = metrics.roc_auc(self.labels, np.array([image_score(m, top) for m in maps]))
-                    self.candidates.append(Candidate(backbone, size, turns, ratio, sigma, top, auroc, pixel, len(bank)))
+                    figures = (auroc, pixel, len(bank), bank.shape[1])
+                    self.candidates.append(Candidate(*setting, sigma, top, whiten, *figures))
         log.info("search: %s, size %d, rotations %s done at %.0f s", backbone, size, list(turns), self.elapsed())
 
 
@@ -269,6 +297,7 @@ def search_patchcore(
         "coreset_ratio": chosen.coreset_ratio,
         "blur_sigma": chosen.blur_sigma,
         "score_top_fraction": chosen.score_top_fraction,
+        "whiten": chosen.whiten,
     }
     report = {
         "chosen": update,

@@ -100,6 +100,9 @@ class PatchCoreConfig(StrictModel):
     score_top_fraction: float | None = Field(
         default=None, gt=0.0, le=0.5, description="image score: mean of this top fraction of the map (null: max)"
     )
+    whiten: bool = Field(
+        default=False, description="search the bank in whitened feature space (fitted on the training patches)"
+    )
 
 
 class ClassifierConfig(StrictModel):

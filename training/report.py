@@ -59,7 +59,8 @@ def settings_text(settings: dict[str, Any]) -> str:
     top = settings.get("score_top_fraction")
     score = "max" if not top else f"top {top:.0%}"
     backbone = str(settings.get("backbone", "efficientnet_lite0")).removeprefix("efficientnet_")
+    whitened = ", whitened" if settings.get("whiten") else ""
     return (
-        f"{backbone} {settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank, "
+        f"{backbone} {settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank{whitened}, "
         f"sigma {settings.get('blur_sigma'):g}, {score} ({settings.get('chosen_by')})"
     )

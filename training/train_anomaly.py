@@ -227,6 +227,7 @@ def train_patchcore(
         "coreset_ratio": pc.coreset_ratio,
         "blur_sigma": pc.blur_sigma,
         "score_top_fraction": pc.score_top_fraction,
+        "whiten": pc.whiten,
         "chosen_by": "search" if search else "config",
     }
     result.update(

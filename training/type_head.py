@@ -23,6 +23,7 @@ from edge_agent.type_head import TypeHead, type_features
 from training.artifacts import finalise_model_folder, read_calibration, read_json
 from training.data import NORMAL, DatasetSplits, load_images
 from training.metrics import confusion_matrix, macro_f1, per_class_f1
+from training.models.patchcore import load_bank
 
 if TYPE_CHECKING:
     import keras
@@ -87,7 +88,8 @@ def float_evidence(
     """Type features, image scores and the scorer's threshold of prepared images, through the float model and the
     PatchCore run's float bank."""
     params = read_calibration(patchcore_dir)
-    index = NearestNeighbourIndex(np.load(patchcore_dir / "memory_bank.npy"), threads=2)
+    bank, whitening = load_bank(patchcore_dir)
+    index = NearestNeighbourIndex(bank, threads=2, whitening=whitening)
     features, scores = [], []
     for start in range(0, len(images), 8):
         outputs = [np.asarray(o) for o in model(normalise(images[start : start + 8], spec), training=False)]

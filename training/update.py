@@ -44,7 +44,9 @@ from training.update_types import TypeRefit, refit_type_head
 log = logging.getLogger(__name__)
 
 NORMAL_DIR = "good"  # review.export's folder of false alarms
-EXACT = 1e-6  # a bank row this close to a patch is that patch (coreset rows are copies of training patches)
+#: A bank row this close to a patch is that patch: coreset rows are copies of training patches, up to the float32
+#: rounding of the whitening product when the bank is whitened.
+EXACT = 1e-4
 
 
 class UpdateError(LinewatchError):
@@ -86,6 +88,8 @@ class BankScorer:
         tail = self.params.type_tail
         self.tail = TFLiteModel(bundle.path / tail, threads) if tail else None
         self.bank = np.load(bundle.path / self.params.memory_bank).astype(np.float32)
+        whitening = self.params.whitening
+        self.whitening = np.load(bundle.path / whitening) if whitening else None
         self.threads = threads
 
     def patches(
@@ -108,7 +112,7 @@ class BankScorer:
     ) -> np.ndarray:
         """Type-head features (:func:`edge_agent.type_head.type_features`) of images' patches against ``bank``, with
         the agent's search."""
-        index = make_index(bank, self.threads)
+        index = make_index(bank, self.threads, self.whitening)
         out = []
         for p, d in zip(patches, deep, strict=True):
             if d is None:
@@ -121,14 +125,18 @@ class BankScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and maps against ``bank``; ``leave_own_out`` ignores bank rows identical to the image's
         own patches (a training image scored as if it were not in the bank)."""
-        index = make_index(bank, self.threads)  # the agent's search
+        index = make_index(bank, self.threads, self.whitening)  # the agent's search
         scores, maps = [], []
         for p in patches:
-            d = _distances_without_own(p, bank) if leave_own_out else index.distances(p)
+            d = _distances_without_own(self.to_bank_space(p), bank) if leave_own_out else index.distances(p)
             amap = distance_map(d, grid, self.spec.size, self.params.blur_sigma)
             scores.append(image_score(amap, self.params.score_top_fraction))
             maps.append(amap)
         return np.array(scores, np.float32), np.stack(maps)
+
+    def to_bank_space(self, patches: np.ndarray) -> np.ndarray:
+        """Patches in the bank's search space (whitened when the bundle's bank is)."""
+        return patches if self.whitening is None else (patches @ self.whitening).astype(np.float32)
 
 
 def _distances_without_own(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
@@ -170,10 +178,13 @@ def update_bundle(
     spec = scorer.spec
     train_patches, grid, _ = scorer.patches(load_images(splits.train, spec)[0])
     bank = scorer.bank
-    index = NearestNeighbourIndex(bank, scorer.threads)
+    index = NearestNeighbourIndex(bank, scorer.threads, whitening=scorer.whitening)
     radius = float(max(index.distances(p).max() for p in train_patches))
     alarm_patches, _, _ = scorer.patches(_prepared(feedback.false_alarms, spec))
-    new_bank, added = extend_bank(bank, np.concatenate(alarm_patches), radius) if alarm_patches else (bank, 0)
+    if alarm_patches:
+        new_bank, added = extend_bank(bank, scorer.to_bank_space(np.concatenate(alarm_patches)), radius)
+    else:
+        new_bank, added = bank, 0
     loo, _ = scorer.scores(train_patches, grid, new_bank, leave_own_out=True)
     val_patches, _, _ = scorer.patches(load_images(splits.validation, spec)[0])
     val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)

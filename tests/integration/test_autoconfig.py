@@ -35,9 +35,11 @@ def test_search_keeps_what_the_yaml_sets_and_chooses_the_rest(search_result):
     assert chosen.size == 224 and chosen.bank_rotations == [] and chosen.blur_sigma == 4.0
     assert report["fixed_by_config"] == ["backbone", "bank_rotations", "blur_sigma", "size"]
     assert chosen.coreset_ratio in (0.01, 0.02) and chosen.score_top_fraction in (None, 0.01)
+    assert chosen.whiten in (False, True) and report["chosen"]["whiten"] == chosen.whiten
     assert report["chosen"]["coreset_ratio"] == chosen.coreset_ratio
-    # every candidate: 2 coreset ratios x 2 score rules, judged on held-out normals and synthetic defects
-    assert len(report["candidates"]) == 4
+    # every candidate: 2 feature spaces x 2 coreset ratios x 2 score rules, on held-out normals and synthetic defects
+    assert len(report["candidates"]) == 8
+    assert {c["whiten"] for c in report["candidates"]} == {False, True}
     assert report["held_out_normals"] == 31 and report["synthetic_defects"] == 93
     figures = report["chosen_figures"]
     assert figures["synthetic_image_auroc"] > 0.9 and figures["synthetic_pixel_auroc"] > 0.9
@@ -50,6 +52,7 @@ def test_training_run_records_the_choice_and_the_threshold(bottle_run):
     assert metrics["settings"]["chosen_by"] == "search"
     assert metrics["settings"]["size"] == 224 and metrics["settings"]["bank_rotations"] == []
     assert metrics["settings"]["backbone"] == "efficientnet_lite0"
+    assert metrics["settings"]["whiten"] is True  # the YAML's (tests/conftest.py)
     assert (bottle_run / "patchcore" / "autoconfig.json").is_file()
     calibration = json.loads((bottle_run / "patchcore" / "calibration.json").read_text())
     assert calibration["method"] == "false_alarm_rate" and calibration["false_alarm_rate"] == 0.01

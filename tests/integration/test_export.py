@@ -14,6 +14,7 @@ import pytest
 
 from edge_agent.bundle import FORMAT_VERSION, load_bundle
 from edge_agent.errors import BundleError
+from edge_agent.inspector import Inspector
 from model_export.cli import main as export_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,15 @@ def test_int8_bank_is_built_from_the_int8_features(bottle_bundle, bottle_run):
     manifest = json.loads((bottle_bundle / "manifest.json").read_text())
     assert manifest["models"]["scorer"]["params"]["bank_size"] == len(bank) == len(float_bank)
     assert bank.dtype == np.float32 and not np.array_equal(bank, float_bank)
+    # the session's run whitens its bank (tests/conftest.py): export fits the whitening again on the int8 features
+    assert manifest["models"]["scorer"]["params"]["whitening"] == "whitening.npy"
+    whitening = np.load(bottle_bundle / "whitening.npy")
+    float_whitening = np.load(bottle_run / "patchcore" / "whitening.npy")
+    assert whitening.shape == float_whitening.shape == (bank.shape[1], bank.shape[1])
+    assert not np.array_equal(whitening, float_whitening)
+    assert "whitening.npy" in manifest["files"]
+    index = Inspector(load_bundle(bottle_bundle)).scorer.index  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(index.whitening, whitening)  # the agent searches the whitened space
 
 
 def test_failed_gate_writes_no_bundle(bottle_run, bottle_config, tmp_path, capsys):

@@ -4,8 +4,10 @@ from training.autoconfig import Candidate, _options, choose
 from training.config import PatchCoreConfig
 
 
-def _candidate(size=224, turns=(), ratio=0.01, image=0.99, pixel=0.98, bank=1000, backbone="efficientnet_lite0"):
-    return Candidate(backbone, size, turns, ratio, 4.0, None, image, pixel, bank)
+def _candidate(
+    size=224, turns=(), ratio=0.01, image=0.99, pixel=0.98, bank=1000, backbone="efficientnet_lite0", whiten=False
+):
+    return Candidate(backbone, size, turns, ratio, 4.0, None, whiten, image, pixel, bank, 152)
 
 
 def test_yaml_values_are_kept_and_the_rest_searched():
@@ -40,3 +42,11 @@ def test_backbones_tried_default_to_the_yamls_alone():
     assert offered == ["efficientnet_lite0", "efficientnet_lite2"]
     fixed = PatchCoreConfig.model_validate({"backbone": "efficientnet_lite2"})
     assert _available_backbones(fixed, ["efficientnet_lite0"]) == ["efficientnet_lite2"]  # the YAML wins
+
+
+def test_whitening_is_kept_only_when_it_beats_the_tie():
+    raw = _candidate(image=0.990)
+    assert _candidate(whiten=True).cost > raw.cost  # one (D, D) product a patch
+    assert choose([_candidate(whiten=True, image=0.991), raw]) is raw
+    better = _candidate(whiten=True, image=0.995)
+    assert choose([raw, better]) is better

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from edge_agent.nn_index import ClusteredIndex, make_index
 from edge_agent.preprocess import PreprocessSpec, load_prepared
 from edge_agent.scoring import (
     Calibration,
@@ -12,7 +13,7 @@ from edge_agent.scoring import (
     reconstruction_map,
     ssim_map,
 )
-from training.models.patchcore import build_memory_bank, greedy_coreset
+from training.models.patchcore import build_memory_bank, fit_whitening, greedy_coreset
 
 
 def test_nearest_neighbour_matches_brute_force():
@@ -112,13 +113,57 @@ def _pixels_with_position(images: np.ndarray) -> np.ndarray:
 
 def test_memory_bank_adds_turned_copies_of_the_images():
     images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
-    plain, plain_sources = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
-    turned, sources = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
+    plain, plain_sources, no_whitening = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
+    turned, sources, _ = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
+    assert no_whitening is None
     assert plain.shape == (18, 3) and turned.shape == (54, 3)
     assert sorted(plain_sources.tolist()) == [0] * 9 + [1] * 9
     assert np.bincount(sources).tolist() == [27, 27]  # every orientation of each image is traced to it
     as_set = {tuple(row) for row in turned.tolist()}
     # pixel (0, 0) of image 0 lands at (2, 0) after a quarter turn counter-clockwise and at (2, 2) after a half turn
     assert {(0.0, 0.0, 0.0), (0.0, 2.0, 0.0), (0.0, 2.0, 2.0)} <= as_set
-    capped, _ = build_memory_bank(_pixels_with_position, images, 1.0, 5, None, rotations=[270])
+    capped = build_memory_bank(_pixels_with_position, images, 1.0, 5, None, rotations=[270]).rows
     assert capped.shape == (10, 3)  # max_bank applies per orientation
+
+
+def _anisotropic(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """Rows whose spread differs by 100x between directions, on axes turned away from the coordinate axes."""
+    turn, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    return (rng.standard_normal((rows, 6)) * np.array([10.0, 5.0, 1.0, 1.0, 0.3, 0.1]) @ turn + 3.0).astype(np.float32)
+
+
+def test_whitening_evens_out_the_directions_normal_patches_vary_in():
+    rng = np.random.default_rng(0)
+    patches = _anisotropic(rng, 20_000)
+    whitening = fit_whitening(patches, shrink=0.0)
+    np.testing.assert_allclose(whitening, whitening.T, atol=1e-5)
+    np.testing.assert_allclose(np.cov((patches @ whitening).T), np.eye(6), atol=0.05)
+    shrunk = np.linalg.eigvalsh(np.cov((patches @ fit_whitening(patches)).T))  # default shrink: 0.1 x mean variance
+    assert shrunk.max() < 1.0 and shrunk.min() > 0.0
+    # the mean variance is 21.2: the thinnest direction (variance 0.01) ends near 0.01 / 2.13, the widest near 1
+    assert shrunk.min() == pytest.approx(0.01 / (0.01 + 2.118), rel=0.1) and shrunk.max() > 0.95
+
+
+def test_a_whitened_search_is_the_l2_search_of_whitened_rows():
+    rng = np.random.default_rng(1)
+    patches = _anisotropic(rng, 3_000)
+    whitening = fit_whitening(patches)
+    bank, queries = patches[:2_000] @ whitening, _anisotropic(rng, 200)
+    brute = np.linalg.norm((queries @ whitening)[:, None, :] - bank[None], axis=-1).min(1)
+    np.testing.assert_allclose(
+        NearestNeighbourIndex(bank, whitening=whitening).distances(queries), brute, rtol=1e-4, atol=1e-4
+    )
+    clustered = ClusteredIndex(bank, probe=10_000, whitening=whitening)  # every cell probed: exact
+    np.testing.assert_allclose(clustered.distances(queries), brute, rtol=1e-4, atol=1e-4)
+    assert make_index(bank, whitening=whitening).whitening is whitening
+
+
+def test_a_whitened_bank_fits_its_whitening_on_the_upright_patches():
+    images = np.random.default_rng(2).integers(0, 255, (4, 5, 5, 1)).astype(np.uint8)
+    bank = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90], whiten=True)
+    upright = _pixels_with_position(images).reshape(-1, 3)
+    assert bank.whitening is not None
+    np.testing.assert_allclose(bank.whitening, fit_whitening(upright), rtol=1e-5)
+    # the rows are whitened patches: the upright orientation's set of rows is its patches times the matrix
+    expected = {tuple(np.round(r, 4)) for r in (upright @ bank.whitening).tolist()}
+    assert {tuple(np.round(r, 4)) for r in bank.rows[: len(upright)].tolist()} == expected

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,6 +22,33 @@ log = logging.getLogger(__name__)
 
 FeatureFn = Callable[[np.ndarray], list[np.ndarray]]
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+#: Whitening: each eigenvalue of the patches' covariance is raised by this share of their mean (shrinkage, so that
+#: near-empty directions are not blown up), then the patches are scaled by eigenvalue ** WHITEN_POWER.
+WHITEN_SHRINK = 0.1
+WHITENING_FILE = "whitening.npy"
+WHITEN_POWER = -0.5
+
+
+def fit_whitening(patches: np.ndarray, shrink: float = WHITEN_SHRINK, power: float = WHITEN_POWER) -> np.ndarray:
+    """Symmetric whitening matrix (D, D) float32 of patch rows (N, D): ``patches @ W`` has a covariance close to the
+    identity in the directions that carry variance (eigenvalues shrunk by ``shrink`` x their mean).
+
+    L2 distances after it weigh each direction by how much normal parts vary along it (a Mahalanobis distance),
+    so a small change along a direction that normal patches barely use counts for more. The mean is not
+    subtracted: distances do not depend on it.
+    """
+    n, dim = patches.shape
+    total, gram = np.zeros(dim), np.zeros((dim, dim))
+    for start in range(0, n, 65_536):  # float64 sums, a chunk at a time
+        rows = np.asarray(patches[start : start + 65_536], np.float64)
+        total += rows.sum(axis=0)
+        gram += rows.T @ rows
+    mean = total / max(1, n)
+    covariance = (gram - n * np.outer(mean, mean)) / max(1, n - 1)
+    eigenvalues, vectors = np.linalg.eigh(covariance)
+    eigenvalues = np.maximum(eigenvalues, 0.0) + shrink * max(float(eigenvalues.mean()), 1e-12)
+    return ((vectors * eigenvalues**power) @ vectors.T).astype(np.float32)
 
 
 def greedy_coreset(features: np.ndarray, n_select: int, projection_dim: int | None = 128, seed: int = 0) -> np.ndarray:
@@ -56,7 +83,17 @@ def bank_params(pc: PatchCoreConfig, seed: int) -> dict[str, Any]:
         "projection_dim": pc.projection_dim,
         "rotations": list(pc.bank_rotations),
         "seed": seed,
+        "whiten": pc.whiten,
     }
+
+
+class MemoryBank(NamedTuple):
+    """A memory bank: rows (M, D) float32 in the search space, the image each row came from (M,), and the
+    whitening matrix (D, D) that takes patches into that space (None: the patches' own space)."""
+
+    rows: np.ndarray
+    sources: np.ndarray
+    whitening: np.ndarray | None
 
 
 def build_memory_bank(
@@ -67,26 +104,31 @@ def build_memory_bank(
     projection_dim: int | None,
     rotations: Sequence[int] = (),
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Memory bank (M, D) float32 and the index of the image each row came from (M,).
+    whiten: bool = False,
+) -> MemoryBank:
+    """Memory bank of normal ``images``: a greedy coreset of their patch embeddings.
 
-    The bank is a greedy coreset of the patch embeddings of normal ``images``. ``embed`` maps prepared uint8
-    images (N, S, S, C) to patch embeddings (N, P, D). ``rotations`` (multiples of 90 degrees) add the images
-    turned by that much, for parts seen at any angle; each orientation gets its own coreset of ``coreset_ratio``
-    of its patches (at most ``max_bank``). Training (Keras features) and export (the exported graph's features)
-    both build their banks here.
+    ``embed`` maps prepared uint8 images (N, S, S, C) to patch embeddings (N, P, D). ``rotations`` (multiples of
+    90 degrees) add the images turned by that much, for parts seen at any angle; each orientation gets its own
+    coreset of ``coreset_ratio`` of its patches (at most ``max_bank``). With ``whiten``, a whitening matrix is
+    fitted on the upright images' patches and the coreset is chosen, and the rows kept, in the whitened space.
+    Training (Keras features) and export (the exported graph's features) both build their banks here.
     """
     banks, sources = [], []
+    whitening = None
     for degrees in (0, *rotations):
         turned = np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2)))
         embedded = embed(turned)
         patches = embedded.reshape(-1, embedded.shape[-1])
+        if whiten:
+            whitening = fit_whitening(patches) if whitening is None else whitening
+            patches = patches @ whitening
         n_select = min(max(1, round(coreset_ratio * len(patches))), max_bank)
         log.info("coreset at %d deg: %d of %d patches (dim %d)", degrees, n_select, len(patches), patches.shape[1])
         chosen = greedy_coreset(patches, n_select, projection_dim or 128, seed)
         banks.append(patches[chosen])
         sources.append(chosen // embedded.shape[1])
-    return np.concatenate(banks), np.concatenate(sources)
+    return MemoryBank(np.concatenate(banks), np.concatenate(sources), whitening)
 
 
 def leave_one_out_scores(
@@ -97,6 +139,7 @@ def leave_one_out_scores(
     size: int,
     blur_sigma: float,
     top_fraction: float | None,
+    whitening: np.ndarray | None = None,
 ) -> np.ndarray:
     """Image scores of the bank's own training images, each against the bank without its own rows (N,).
 
@@ -107,7 +150,7 @@ def leave_one_out_scores(
     """
     scores = np.empty(len(patches), np.float32)
     for i, image_patches in enumerate(patches):
-        others = NearestNeighbourIndex(bank[sources != i])
+        others = NearestNeighbourIndex(bank[sources != i], whitening=whitening)
         anomaly_map = distance_map(others.distances(image_patches), grid, size, blur_sigma)
         scores[i] = image_score(anomaly_map, top_fraction)
     return scores
@@ -134,6 +177,7 @@ class PatchCoreScorer:
         self.index: NearestNeighbourIndex | None = None
         self.grid: tuple[int, int] | None = None
         self.sources: np.ndarray | None = None
+        self.whitening: np.ndarray | None = None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Patch embeddings (N, P, D) of prepared uint8 images, ``batch_size`` images per forward pass."""
@@ -155,25 +199,33 @@ class PatchCoreScorer:
         projection_dim: int | None,
         seed: int = 0,
         rotations: Sequence[int] = (),
+        whiten: bool = False,
     ) -> np.ndarray:
         """Build the memory bank from normal training images; returns the bank (M, D) float32."""
-        bank, self.sources = build_memory_bank(
-            self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed
-        )
-        self.set_bank(bank)
-        return bank
+        bank = build_memory_bank(self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed, whiten)
+        self.sources = bank.sources
+        self.set_bank(bank.rows, bank.whitening)
+        return bank.rows
 
     def leave_one_out(self, images: np.ndarray) -> np.ndarray:
         """Leave-one-image-out scores of the training images the bank was fitted on (see module function)."""
         assert self.index is not None and self.sources is not None and self.grid is not None
         patches = self.embed(images)
         return leave_one_out_scores(
-            patches, self.index.bank, self.sources, self.grid, self.spec.size, self.blur_sigma, self.top_fraction
+            patches,
+            self.index.bank,
+            self.sources,
+            self.grid,
+            self.spec.size,
+            self.blur_sigma,
+            self.top_fraction,
+            self.whitening,
         )
 
-    def set_bank(self, bank: np.ndarray) -> None:
-        """Use ``bank`` as the memory bank."""
-        self.index = NearestNeighbourIndex(bank)
+    def set_bank(self, bank: np.ndarray, whitening: np.ndarray | None = None) -> None:
+        """Use ``bank`` as the memory bank (rows whitened by ``whitening`` when given)."""
+        self.whitening = whitening
+        self.index = NearestNeighbourIndex(bank, whitening=whitening)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Image scores (N,) and anomaly maps (N, size, size) in float32 (score: see ``image_score``)."""
@@ -188,8 +240,16 @@ class PatchCoreScorer:
         return np.array([image_score(m, self.top_fraction) for m in maps], np.float32), maps
 
     def save_bank(self, folder: Path) -> Path:
-        """Write the memory bank as float32 ``memory_bank.npy``."""
+        """Write the memory bank as float32 ``memory_bank.npy`` (and its ``whitening.npy`` when it has one)."""
         assert self.index is not None
         path = folder / "memory_bank.npy"
         np.save(path, self.index.bank)
+        if self.whitening is not None:
+            np.save(folder / WHITENING_FILE, self.whitening)
         return path
+
+
+def load_bank(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A training run's memory bank and its whitening matrix (None without one)."""
+    whitening = folder / WHITENING_FILE
+    return np.load(folder / "memory_bank.npy"), np.load(whitening) if whitening.is_file() else None
