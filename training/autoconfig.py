@@ -5,9 +5,9 @@ defects made from them (:mod:`training.synthetic`); real defective images are ne
 ``image AUROC + PIXEL_WEIGHT * pixel AUROC`` of synthetic defects against the held-out normals; among
 candidates within ``TIE`` of the best, the cheapest on the edge wins (smaller input, fewer orientations,
 smaller bank, no whitening). Geometry candidates (input size, bank orientations) each embed the images once;
-the coreset is chosen in each feature space tried (the backbone's own, whitened), and it is greedy, so one run
-at the largest ratio yields every smaller ratio as a prefix; smoothing and the image-score rule only re-read the
-distance grids. Any setting written in the YAML is kept and not searched.
+the coreset is greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and
+the image-score rule only re-read the distance grids. The whitened feature space is tried at the best geometry
+(its coresets cost as much again). Any setting written in the YAML is kept and not searched.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _evaluate_grids(
 
 class _SizeFeatures:
     """Everything the search needs at one input size, computed once: backbone, held-out embeddings, the whitening
-    fitted on the upright training patches, coresets in each feature space tried (``whiten_options``)."""
+    fitted on the upright training patches (when asked for), coresets."""
 
     def __init__(
         self,
@@ -141,7 +141,6 @@ class _SizeFeatures:
         train: list[Sample],
         held_out: np.ndarray,
         seed: int,
-        whiten_options: Sequence[bool] = (False,),
     ) -> None:
         from training.backbones import get_backbone
         from training.models.patchcore import PatchCoreScorer
@@ -156,28 +155,30 @@ class _SizeFeatures:
         assert self.scorer.grid is not None
         self.grid: tuple[int, int] = self.scorer.grid
         self.n_patches = 0
-        self.whiten_options = tuple(whiten_options)
         self.whitening: np.ndarray | None = None
         self.prefixes: dict[tuple[int, bool], np.ndarray] = {}
 
+    def _patches(self, degrees: int) -> np.ndarray:
+        """Patch rows (N * P, D) of the training images turned by ``degrees``."""
+        turned = np.ascontiguousarray(np.rot90(self.train_images, degrees // 90, axes=(1, 2)))
+        patches = self.scorer.embed(turned)
+        self.n_patches = patches.shape[0] * patches.shape[1]
+        return patches.reshape(self.n_patches, -1)
+
     def coreset(self, degrees: int, max_ratio: float, whiten: bool) -> np.ndarray:
         """Greedy coreset rows of the training images turned by ``degrees``, at ``max_ratio`` (smaller: a prefix),
-        in the whitened space or not. Each orientation is embedded once, for every feature space tried."""
+        in the whitened space (fitted on the upright patches) or the backbone's own."""
         from training.models.patchcore import fit_whitening, greedy_coreset
 
         if (degrees, whiten) not in self.prefixes:
-            turned = np.ascontiguousarray(np.rot90(self.train_images, degrees // 90, axes=(1, 2)))
-            patches = self.scorer.embed(turned)
-            patches = patches.reshape(-1, patches.shape[-1])
-            self.n_patches = len(patches)
+            patches = self._patches(degrees)
+            if whiten:
+                if self.whitening is None:
+                    self.whitening = fit_whitening(patches if degrees == 0 else self._patches(0))
+                patches = patches @ self.whitening
             n_max = _bank_rows(max_ratio, self.n_patches, self.pc.max_bank)
-            for option in self.whiten_options:
-                if option and self.whitening is None:
-                    assert degrees == 0, "the whitening is fitted on the upright patches"
-                    self.whitening = fit_whitening(patches)
-                space = patches @ self.whitening if option else patches
-                chosen = greedy_coreset(space, n_max, self.pc.projection_dim or 128, self.seed)
-                self.prefixes[degrees, option] = space[chosen]
+            chosen = greedy_coreset(patches, n_max, self.pc.projection_dim or 128, self.seed)
+            self.prefixes[degrees, whiten] = patches[chosen]
         return self.prefixes[degrees, whiten]
 
     def bank(self, turns: Sequence[int], ratio: float, max_ratio: float, whiten: bool) -> np.ndarray:
@@ -187,9 +188,13 @@ class _SizeFeatures:
 
 
 def choose(candidates: Sequence[Candidate]) -> Candidate:
-    """The cheapest candidate on the edge among those within :data:`TIE` of the best objective."""
+    """The cheapest candidate on the edge among those within :data:`TIE` of the best objective; among equally cheap
+    ones, an image score that averages the map's top pixels before the map's maximum (a mean over many pixels
+    varies less from one good part to the next than one pixel does, which the threshold fitted on good parts
+    turns into recall), then the best objective."""
     best = max(c.objective for c in candidates)
-    return min((c for c in candidates if c.objective >= best - TIE), key=lambda c: (c.cost, -c.objective))
+    tied = (c for c in candidates if c.objective >= best - TIE)
+    return min(tied, key=lambda c: (c.cost, c.score_top_fraction is None, -c.objective))
 
 
 def _available_backbones(pc: PatchCoreConfig, extra: Sequence[str] = EXTRA_BACKBONES) -> list[str]:
@@ -238,20 +243,20 @@ class _Search:
         """Seconds since the search started."""
         return time.perf_counter() - self.t0
 
-    def geometry(self, backbone: str, size: int, turns: tuple[int, ...]) -> None:
-        """Try every coreset ratio, smoothing and score rule of one backbone, size and set of orientations."""
+    def geometry(self, backbone: str, size: int, turns: tuple[int, ...], spaces: Sequence[bool]) -> None:
+        """Try every coreset ratio, smoothing and score rule of one backbone, size and set of orientations in each
+        feature space of ``spaces`` (whitened or not)."""
         if self.elapsed() > self.budget:
             self.skipped.append(f"{backbone}, size {size}, rotations {list(turns)}: over the search budget")
             return
         key = (backbone, size)
         if key not in self.features:
             held_out = np.concatenate([self.normals, self.defects])
-            features = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed, self.whiten)
-            self.features[key] = features
+            self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
         at_size = self.features[key]
         size_masks = _shrink_masks(self.masks, size)
         n_normal = len(self.normals)
-        for whiten, ratio in itertools.product(self.whiten, self.ratios):
+        for whiten, ratio in itertools.product(spaces, self.ratios):
             bank = at_size.bank(turns, ratio, self.ratios[-1], whiten)
             index = NearestNeighbourIndex(bank, threads=2, whitening=at_size.whitening if whiten else None)
             distances = np.stack([index.distances(p) for p in at_size.held])
@@ -262,7 +267,8 @@ class _Search:
                     auroc = metrics.roc_auc(self.labels, np.array([image_score(m, top) for m in maps]))
                     figures = (auroc, pixel, len(bank), bank.shape[1])
                     self.candidates.append(Candidate(*setting, sigma, top, whiten, *figures))
-        log.info("search: %s, size %d, rotations %s done at %.0f s", backbone, size, list(turns), self.elapsed())
+        done = f"{backbone}, size {size}, rotations {list(turns)}, whitened {list(spaces)}"
+        log.info("search: %s done at %.0f s", done, self.elapsed())
 
 
 def search_patchcore(
@@ -270,8 +276,10 @@ def search_patchcore(
 ) -> tuple[PatchCoreConfig, dict[str, Any]]:
     """Choose PatchCore's settings from normal images; returns (the config to train, the search report).
 
-    First every geometry (size x orientations) of the YAML's backbone, cheapest first; then the backbones of
-    :data:`EXTRA_BACKBONES` whose weights are installed, at the best geometry found.
+    First every geometry (size x orientations) of the YAML's backbone, cheapest first, in the backbone's own
+    feature space (whitened only when the YAML says so); then, at the best geometry found, the whitened space and
+    the backbones of :data:`EXTRA_BACKBONES` whose weights are installed. Whitening doubles the coreset work of a
+    geometry, the search's largest cost, so it is tried where it can matter most.
     """
     pc = cfg.patchcore
     if not splits.validation:
@@ -279,14 +287,17 @@ def search_patchcore(
         raise ValueError(msg)
     search = _Search(cfg, splits, budget_seconds)
     geometries = sorted(itertools.product(search.sizes, search.orientations), key=lambda g: g[0] ** 2 * (1 + len(g[1])))
+    first_space = [False] if False in search.whiten else [True]
     for size, turns in geometries:
-        search.geometry(pc.backbone, size, tuple(turns))
+        search.geometry(pc.backbone, size, tuple(turns), first_space)
     if not search.candidates:
         msg = f"data set {splits.name!r}: the settings search tried no candidate within {budget_seconds:.0f} s"
         raise ValueError(msg)
     lead = max(search.candidates, key=lambda c: c.objective)
+    if len(search.whiten) > 1:
+        search.geometry(pc.backbone, lead.size, lead.bank_rotations, [True])
     for backbone in _available_backbones(pc)[1:]:
-        search.geometry(backbone, lead.size, lead.bank_rotations)
+        search.geometry(backbone, lead.size, lead.bank_rotations, first_space)
     candidates, skipped = search.candidates, search.skipped
     normals, defects, train = search.normals, search.defects, search.train
     chosen = choose(candidates)

@@ -5,9 +5,17 @@ from training.config import PatchCoreConfig
 
 
 def _candidate(
-    size=224, turns=(), ratio=0.01, image=0.99, pixel=0.98, bank=1000, backbone="efficientnet_lite0", whiten=False
+    size=224,
+    turns=(),
+    ratio=0.01,
+    image=0.99,
+    pixel=0.98,
+    bank=1000,
+    backbone="efficientnet_lite0",
+    whiten=False,
+    top=None,
 ):
-    return Candidate(backbone, size, turns, ratio, 4.0, None, whiten, image, pixel, bank, 152)
+    return Candidate(backbone, size, turns, ratio, 4.0, top, whiten, image, pixel, bank, 152)
 
 
 def test_yaml_values_are_kept_and_the_rest_searched():
@@ -50,3 +58,10 @@ def test_whitening_is_kept_only_when_it_beats_the_tie():
     assert choose([_candidate(whiten=True, image=0.991), raw]) is raw
     better = _candidate(whiten=True, image=0.995)
     assert choose([raw, better]) is better
+
+
+def test_at_a_tie_in_cost_and_objective_the_averaged_score_wins_over_the_maximum():
+    peak, mean = _candidate(image=0.991), _candidate(image=0.990, top=0.01)
+    assert choose([peak, mean]) is mean
+    assert choose([_candidate(image=0.995), mean]).score_top_fraction is None  # better by more than the tie
+    assert choose([_candidate(size=320, image=0.991, top=0.01), _candidate(image=0.990)]).size == 224  # cost first
