@@ -22,10 +22,13 @@ from pathlib import Path
 
 import boto3
 import cv2
+import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig
+from edge_agent.inspector import Inspector
 from tests.harness import small_fs, wait_until
 from tests.services import mosquitto, moto_s3  # noqa: F401
 
@@ -48,16 +51,23 @@ class SimClock:
         return self._base + timedelta(seconds=time.monotonic() - self._anchor)
 
 
-def downscaled(datasets_root: Path, folder: Path) -> tuple[list[bytes], list[bytes]]:
-    """PNG bytes of bottle frames at ``SIZE`` px: good ones and broken_large ones."""
+def downscaled(datasets_root: Path, bundle: Path) -> tuple[list[bytes], list[bytes]]:
+    """PNG bytes of bottle frames at ``SIZE`` px: 10 good ones the bundle passes (so that a day holds one anomalous
+    frame, whatever the session's model makes of the odd good part) and 10 broken_large ones."""
+    inspector = Inspector(load_bundle(bundle), threads=1)
 
     def encode(path: Path) -> bytes:
         image = cv2.resize(cv2.imread(str(path)), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         return cv2.imencode(".png", image)[1].tobytes()
 
+    def passes(body: bytes) -> bool:
+        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return not inspector.inspect(image).anomalous
+
     test = datasets_root / "mvtec_ad" / "bottle" / "test"
-    good = [encode(p) for p in sorted(test.glob("good/*.png"))[:10]]
+    good = [body for body in map(encode, sorted(test.glob("good/*.png"))) if passes(body)][:10]
     bad = [encode(p) for p in sorted(test.glob("broken_large/*.png"))[:10]]
+    assert len(good) == 10
     return good, bad
 
 
@@ -80,7 +90,7 @@ def used_bytes(mount: Path) -> int:
 def test_a_month_under_quota_with_s3_down(tmp_path, bottle_bundle, datasets_root, mosquitto, moto_s3, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    good, bad = downscaled(datasets_root, tmp_path)
+    good, bad = downscaled(datasets_root, bottle_bundle)
     with small_fs(tmp_path / "disk", DISK_KB) as disk:
         if disk is None:
             pytest.skip("this process may not mount a tmpfs (needs root)")
