@@ -30,7 +30,7 @@ from training import metrics
 from training.artifacts import code_version, data_description, read_calibration, read_json
 from training.config import TrainConfig
 from training.data import DatasetSplits, Sample, load_dataset, load_images, load_masks
-from training.models.patchcore import MemoryBank
+from training.models.patchcore import MEMORY_BANK_FILE, WHITENING_FILE, MemoryBank
 from training.synthetic import synthetic_recall
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,12 @@ def export_scorer(
     loo_scores = None
     if kind == "patchcore":
         bank, loo_scores = refit_memory_bank(TFLiteModel(tflite, 2), train_images, spec, params, cfg)
-        np.save(staging / "memory_bank.npy", bank.rows)
-        entry["params"]["memory_bank"] = "memory_bank.npy"
+        np.save(staging / MEMORY_BANK_FILE, bank.rows)
+        entry["params"]["memory_bank"] = MEMORY_BANK_FILE
         entry["params"]["bank_size"] = len(bank.rows)
         if bank.whitening is not None:
-            np.save(staging / "whitening.npy", bank.whitening)
-            entry["params"]["whitening"] = "whitening.npy"
+            np.save(staging / WHITENING_FILE, bank.whitening)
+            entry["params"]["whitening"] = WHITENING_FILE
         entry["params"]["patch_taps"] = len(params["taps"])
     edge_cls = PatchCoreTFLite if kind == "patchcore" else AutoencoderTFLite
     edge = edge_cls(parse_entry("scorer", entry), staging, threads=2)

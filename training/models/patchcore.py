@@ -26,8 +26,10 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 #: Whitening: each eigenvalue of the patches' covariance is raised by this share of their mean (shrinkage, so that
 #: near-empty directions are not blown up), then the patches are scaled by eigenvalue ** WHITEN_POWER.
 WHITEN_SHRINK = 0.1
-WHITENING_FILE = "whitening.npy"
 WHITEN_POWER = -0.5
+#: File names of a run's (and a bundle's) memory bank and its whitening matrix.
+MEMORY_BANK_FILE = "memory_bank.npy"
+WHITENING_FILE = "whitening.npy"
 
 
 def fit_whitening(patches: np.ndarray, shrink: float = WHITEN_SHRINK, power: float = WHITEN_POWER) -> np.ndarray:
@@ -177,7 +179,6 @@ class PatchCoreScorer:
         self.index: NearestNeighbourIndex | None = None
         self.grid: tuple[int, int] | None = None
         self.sources: np.ndarray | None = None
-        self.whitening: np.ndarray | None = None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Patch embeddings (N, P, D) of prepared uint8 images, ``batch_size`` images per forward pass."""
@@ -219,12 +220,11 @@ class PatchCoreScorer:
             self.spec.size,
             self.blur_sigma,
             self.top_fraction,
-            self.whitening,
+            self.index.whitening,
         )
 
     def set_bank(self, bank: np.ndarray, whitening: np.ndarray | None = None) -> None:
         """Use ``bank`` as the memory bank (rows whitened by ``whitening`` when given)."""
-        self.whitening = whitening
         self.index = NearestNeighbourIndex(bank, whitening=whitening)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,14 +242,14 @@ class PatchCoreScorer:
     def save_bank(self, folder: Path) -> Path:
         """Write the memory bank as float32 ``memory_bank.npy`` (and its ``whitening.npy`` when it has one)."""
         assert self.index is not None
-        path = folder / "memory_bank.npy"
+        path = folder / MEMORY_BANK_FILE
         np.save(path, self.index.bank)
-        if self.whitening is not None:
-            np.save(folder / WHITENING_FILE, self.whitening)
+        if self.index.whitening is not None:
+            np.save(folder / WHITENING_FILE, self.index.whitening)
         return path
 
 
 def load_bank(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """A training run's memory bank and its whitening matrix (None without one)."""
     whitening = folder / WHITENING_FILE
-    return np.load(folder / "memory_bank.npy"), np.load(whitening) if whitening.is_file() else None
+    return np.load(folder / MEMORY_BANK_FILE), np.load(whitening) if whitening.is_file() else None
