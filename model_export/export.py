@@ -209,9 +209,7 @@ def refit_memory_bank(
 
     bank = build_memory_bank(embed, train_images, **bank_kwargs)
     loo = leave_one_out_scores(
-        embed(train_images),
-        *(bank.rows, bank.sources, grid[0], spec.size, params["blur_sigma"], params["score_top_fraction"]),
-        bank.whitening,
+        embed(train_images), bank, grid[0], spec.size, params["blur_sigma"], params["score_top_fraction"]
     )
     return bank, loo
 

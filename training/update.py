@@ -39,6 +39,7 @@ from edge_agent.type_head import TypeHead, type_features
 from training import metrics
 from training.config import TrainConfig
 from training.data import Sample, load_dataset, load_images
+from training.models.patchcore import MemoryBank, find_stand_ins, leave_one_out_scores, nearest_of_other_image
 from training.update_types import TypeRefit, refit_type_head
 
 log = logging.getLogger(__name__)
@@ -121,30 +122,44 @@ class BankScorer:
         return np.stack(out)
 
     def scores(
-        self, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray, leave_own_out: bool = False
+        self, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores and maps against ``bank``; ``leave_own_out`` ignores bank rows identical to the image's
-        own patches (a training image scored as if it were not in the bank)."""
-        index = make_index(bank, self.threads, self.whitening)  # the agent's search
+        """Image scores and maps against ``bank`` with the agent's search."""
+        index = make_index(bank, self.threads, self.whitening)
         scores, maps = [], []
         for p in patches:
-            d = _distances_without_own(self.to_bank_space(p), bank) if leave_own_out else index.distances(p)
-            amap = distance_map(d, grid, self.spec.size, self.params.blur_sigma)
+            amap = distance_map(index.distances(p), grid, self.spec.size, self.params.blur_sigma)
             scores.append(image_score(amap, self.params.score_top_fraction))
             maps.append(amap)
         return np.array(scores, np.float32), np.stack(maps)
+
+    def leave_one_out(self, images: np.ndarray, bank: np.ndarray) -> np.ndarray:
+        """Training images' scores as export gives them (:func:`training.models.patchcore.leave_one_out_scores`):
+        each image without its own bank rows (rows equal to one of its patches, turned copies included), their
+        stand-ins in their place."""
+        patches, grid, _ = self.patches(images)
+        own = [self.to_bank_space(p) for p in patches]
+        for degrees in (self.entry.settings or {}).get("bank_rotations", []):
+            turned, _, _ = self.patches(np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2))))
+            own = [np.concatenate([o, self.to_bank_space(t)]) for o, t in zip(own, turned, strict=True)]
+        memory = traced_bank(bank, own, self.whitening)
+        top = self.params.score_top_fraction
+        return leave_one_out_scores(np.stack(patches), memory, grid, self.spec.size, self.params.blur_sigma, top)
 
     def to_bank_space(self, patches: np.ndarray) -> np.ndarray:
         """Patches in the bank's search space (whitened when the bundle's bank is)."""
         return patches if self.whitening is None else (patches @ self.whitening).astype(np.float32)
 
 
-def _distances_without_own(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    sq = (patches**2).sum(1)[:, None] + (bank**2).sum(1)[None, :] - 2.0 * patches @ bank.T
-    d = np.sqrt(np.maximum(sq, 0.0))
-    own = (d < EXACT).any(axis=0)  # bank rows that are one of this image's patches
-    d[:, own] = np.inf
-    return d.min(axis=1).astype(np.float32)
+def traced_bank(bank: np.ndarray, image_patches: list[np.ndarray], whitening: np.ndarray | None) -> MemoryBank:
+    """``bank`` with each row traced to the training image whose patch it copies (-1: a turned copy or a feedback
+    patch, never left out) and each traced row's stand-in; ``image_patches`` are in the bank's space."""
+    patches = np.concatenate(image_patches)
+    image_of = np.repeat(np.arange(len(image_patches)), [len(p) for p in image_patches])
+    at, _ = nearest_of_other_image(patches, image_of, bank, np.full(len(bank), -1))
+    own = np.linalg.norm(patches[at] - bank, axis=1) < EXACT  # exact difference, no cancellation
+    sources = np.where(own, image_of[at], -1)
+    return MemoryBank(bank, sources, whitening, find_stand_ins(patches, image_of, bank, sources))
 
 
 def extend_bank(bank: np.ndarray, new: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
@@ -176,7 +191,8 @@ def update_bundle(
         raise UpdateError(f"{feedback_dir}: no frame marked false alarm or confirmed defect; nothing to learn")
     splits = load_dataset(cfg.dataset)
     spec = scorer.spec
-    train_patches, grid, _ = scorer.patches(load_images(splits.train, spec)[0])
+    train_images = load_images(splits.train, spec)[0]
+    train_patches, grid, _ = scorer.patches(train_images)
     bank = scorer.bank
     index = NearestNeighbourIndex(bank, scorer.threads, whitening=scorer.whitening)
     radius = float(max(index.distances(p).max() for p in train_patches))
@@ -185,7 +201,7 @@ def update_bundle(
         new_bank, added = extend_bank(bank, scorer.to_bank_space(np.concatenate(alarm_patches)), radius)
     else:
         new_bank, added = bank, 0
-    loo, _ = scorer.scores(train_patches, grid, new_bank, leave_own_out=True)
+    loo = scorer.leave_one_out(train_images, new_bank)
     val_patches, _, _ = scorer.patches(load_images(splits.validation, spec)[0])
     val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)
     t = cfg.threshold

@@ -113,8 +113,8 @@ def _pixels_with_position(images: np.ndarray) -> np.ndarray:
 
 def test_memory_bank_adds_turned_copies_of_the_images():
     images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
-    plain, plain_sources, no_whitening = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
-    turned, sources, _ = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
+    plain, plain_sources, no_whitening, _ = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None)
+    turned, sources, _, _ = build_memory_bank(_pixels_with_position, images, 1.0, 1000, None, rotations=[90, 180])
     assert no_whitening is None
     assert plain.shape == (18, 3) and turned.shape == (54, 3)
     assert sorted(plain_sources.tolist()) == [0] * 9 + [1] * 9

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from edge_agent.scoring import Calibration, false_alarm_threshold, fit_calibration, normal_scores_needed
 from training.config import ThresholdConfig
-from training.models.patchcore import leave_one_out_scores
+from training.models.patchcore import MemoryBank, StandIns, build_memory_bank, leave_one_out_scores
 
 
 def test_order_statistic_with_enough_normal_scores():
@@ -74,11 +74,41 @@ def test_threshold_config_defaults_to_one_percent_false_alarms():
         ThresholdConfig(false_alarm_rate=0.7)
 
 
+def _toy_bank(patches: np.ndarray, ratio: float) -> MemoryBank:
+    """Memory bank of toy patch arrays (N, P, D), the images standing for their own embeddings."""
+    images = np.arange(len(patches), dtype=np.uint8).reshape(-1, 1, 1, 1)
+    return build_memory_bank(lambda x: patches[x[:, 0, 0, 0]], images, ratio, 1000, None)
+
+
 def test_leave_one_out_scores_each_image_against_the_others():
     # image 0 and 1 are alike, image 2 is unlike anything else: only its own rows could cover it
     patches = np.array([[[0.0, 0.0]] * 4, [[0.1, 0.0]] * 4, [[5.0, 5.0]] * 4], np.float32)
-    bank = patches.reshape(-1, 2)
-    sources = np.repeat(np.arange(3), 4)
-    scores = leave_one_out_scores(patches, bank, sources, (2, 2), 4, 0.0, None)
+    scores = leave_one_out_scores(patches, _toy_bank(patches, 1.0), (2, 2), 4, 0.0, None)
     np.testing.assert_allclose(scores[:2], [0.1, 0.1], rtol=1e-3)
     assert scores[2] > 6.0
+
+
+def test_leave_one_out_takes_the_midpoint_with_and_without_stand_ins_where_the_coreset_kept_one_of_alike_rows():
+    # images 0 and 1 share a look A that image 2 lacks; a two-row coreset keeps one A row, from one of them
+    a, c = [10.0, 0.0], [0.0, 0.0]
+    patches = np.array([[a, c, c, c], [a, c, c, c], [c, c, c, c]], np.float32)
+    bank = _toy_bank(patches, 2 / 12)
+    assert len(bank.rows) == 2
+    kept_a = int(bank.sources[np.argmax(bank.rows[:, 0])])
+    # without stand-ins the part whose A row was kept would score 10 (its A patch against C rows only)
+    assert bank.stand_ins.sources[np.argmax(bank.rows[:, 0])] == 1 - kept_a
+    scores = leave_one_out_scores(patches, bank, (2, 2), 4, 0.0, None)
+    # a part that gave a row scores 10 without its rows (its patches 10 from the other row) and 0 with another
+    # part's alike patch standing in: the midpoint, 5. A part that gave none finds both looks in the bank: 0
+    gave = np.isin(np.arange(3), bank.sources)
+    assert gave[kept_a] and gave.sum() == 2
+    np.testing.assert_allclose(scores, np.where(gave, 5.0, 0.0), atol=1e-3)
+
+
+def test_a_left_out_rows_stand_in_takes_its_place_unless_it_is_the_same_image():
+    patches = np.array([[[0.0, 0.0]], [[1.0, 0.0]]], np.float32)
+    rows, sources = patches.reshape(2, 2), np.array([0, 1])
+    # row 0's stand-in comes from image 1; row 1 has none from another image (it stands in for itself)
+    aid = StandIns(np.array([[0.5, 0.0], [0.2, 0.0]], np.float32), np.array([1, 1]))
+    scores = leave_one_out_scores(patches, MemoryBank(rows, sources, None, aid), (1, 1), 1, 0.0, None)
+    np.testing.assert_allclose(scores, [(1.0 + 0.5) / 2, 1.0], atol=1e-4)

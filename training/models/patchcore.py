@@ -89,13 +89,52 @@ def bank_params(pc: PatchCoreConfig, seed: int) -> dict[str, Any]:
     }
 
 
+class StandIns(NamedTuple):
+    """Per bank row: the nearest patch of another training image (M, D) in the search space, and that image (M,).
+    Leave-one-out scoring puts each left-out row's stand-in in its place (see :func:`leave_one_out_scores`)."""
+
+    rows: np.ndarray
+    sources: np.ndarray
+
+
 class MemoryBank(NamedTuple):
-    """A memory bank: rows (M, D) float32 in the search space, the image each row came from (M,), and the
-    whitening matrix (D, D) that takes patches into that space (None: the patches' own space)."""
+    """A memory bank: rows (M, D) float32 in the search space, the image each row came from (M,), the whitening
+    matrix (D, D) that takes patches into that space (None: the patches' own space), and the rows' stand-ins."""
 
     rows: np.ndarray
     sources: np.ndarray
     whitening: np.ndarray | None
+    stand_ins: StandIns
+
+
+def nearest_of_other_image(
+    patches: np.ndarray, image_of: np.ndarray, rows: np.ndarray, row_image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows``: the index of its nearest patch whose image (``image_of``) is not the row's own
+    (``row_image``; -1: any image), and that squared L2 distance (inf when there is none). Chunked products."""
+    rows_sq = np.einsum("ij,ij->i", rows, rows)
+    best = np.full(len(rows), np.inf, np.float32)
+    best_at = np.zeros(len(rows), np.int64)
+    chunk = max(1024, 2**26 // max(1, len(rows)))  # about 256 MB of distances at a time
+    for start in range(0, len(patches), chunk):
+        block = patches[start : start + chunk]
+        d2 = np.einsum("ij,ij->i", block, block)[:, None] - 2.0 * (block @ rows.T) + rows_sq[None, :]
+        d2[image_of[start : start + chunk, None] == row_image[None, :]] = np.inf
+        nearest = d2.argmin(axis=0)
+        value = d2[nearest, np.arange(len(rows))]
+        better = value < best
+        best[better] = value[better]
+        best_at[better] = start + nearest[better]
+    return best_at, best
+
+
+def find_stand_ins(patches: np.ndarray, image_of: np.ndarray, rows: np.ndarray, row_image: np.ndarray) -> StandIns:
+    """Stand-ins of bank ``rows`` traced to images ``row_image`` (-1: none): each row's nearest patch of another
+    image among ``patches`` (``image_of``: the image of each patch). A row with no other image stands in for itself
+    (and is dropped with its image). About a coreset's own cost."""
+    at, d2 = nearest_of_other_image(patches, image_of, rows, row_image)
+    found = np.isfinite(d2)
+    return StandIns(np.where(found[:, None], patches[at], rows), np.where(found, image_of[at], row_image))
 
 
 def build_memory_bank(
@@ -116,7 +155,7 @@ def build_memory_bank(
     fitted on the upright images' patches and the coreset is chosen, and the rows kept, in the whitened space.
     Training (Keras features) and export (the exported graph's features) both build their banks here.
     """
-    banks, sources = [], []
+    banks, sources, stand_ins = [], [], []
     whitening = None
     for degrees in (0, *rotations):
         turned = np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2)))
@@ -129,32 +168,43 @@ def build_memory_bank(
         log.info("coreset at %d deg: %d of %d patches (dim %d)", degrees, n_select, len(patches), patches.shape[1])
         chosen = greedy_coreset(patches, n_select, projection_dim or 128, seed)
         banks.append(patches[chosen])
-        sources.append(chosen // embedded.shape[1])
-    return MemoryBank(np.concatenate(banks), np.concatenate(sources), whitening)
+        image_of = np.arange(len(patches)) // embedded.shape[1]
+        sources.append(image_of[chosen])
+        stand_ins.append(find_stand_ins(patches, image_of, patches[chosen], image_of[chosen]))
+    joined = StandIns(*(np.concatenate(parts) for parts in zip(*stand_ins, strict=True)))
+    return MemoryBank(np.concatenate(banks), np.concatenate(sources), whitening, joined)
 
 
 def leave_one_out_scores(
     patches: np.ndarray,
-    bank: np.ndarray,
-    sources: np.ndarray,
+    bank: MemoryBank,
     grid: tuple[int, int],
     size: int,
     blur_sigma: float,
     top_fraction: float | None,
-    whitening: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Image scores of the bank's own training images, each against the bank without its own rows (N,).
+    """Image scores of the bank's own training images, each as a new part would score (N,).
 
-    ``patches`` (N, P, D) are the training images' embeddings in bank order. A part's own patches are the nearest
-    ones to it, so it is scored as a new part would be: against the other parts. These scores are slightly
-    pessimistic (a bank built without the part would cover the rest a little better), which keeps a threshold
-    fitted on them on the safe side, and they add every training image to the normal scores the threshold sees.
+    ``patches`` (N, P, D) are the training images' embeddings in bank order, in the patches' own space. A part's
+    own rows are its nearest ones, so it is scored without them, and that overstates its score: where several
+    parts look alike the coreset kept one of them's row and dropped the others' as covered, so the part that
+    gave the row finds nothing left there. Putting each left-out row's stand-in (nearest patch of another image)
+    in its place understates it: a stand-in is the best match there is. The score is the midpoint of the two.
+    Against held-out validation normals (two-sample Kolmogorov-Smirnov distance, float models of
+    ``make bench-auto``): casting 0.203 without stand-ins, 0.290 with, 0.079 the midpoint; bottle 0.415, 0.227,
+    0.225; tire 0.184, 0.381, 0.260.
     """
     scores = np.empty(len(patches), np.float32)
     for i, image_patches in enumerate(patches):
-        others = NearestNeighbourIndex(bank[sources != i], whitening=whitening)
-        anomaly_map = distance_map(others.distances(image_patches), grid, size, blur_sigma)
-        scores[i] = image_score(anomaly_map, top_fraction)
+        left_out = bank.sources == i
+        queries = image_patches if bank.whitening is None else image_patches @ bank.whitening
+        without = NearestNeighbourIndex(bank.rows[~left_out]).distances(queries)
+        stand_ins = bank.stand_ins.rows[left_out & (bank.stand_ins.sources != i)]
+        with_stand_ins = (
+            np.minimum(without, NearestNeighbourIndex(stand_ins).distances(queries)) if len(stand_ins) else without
+        )
+        pair = [image_score(distance_map(d, grid, size, blur_sigma), top_fraction) for d in (without, with_stand_ins)]
+        scores[i] = 0.5 * (pair[0] + pair[1])
     return scores
 
 
@@ -178,7 +228,7 @@ class PatchCoreScorer:
         self.top_fraction = top_fraction
         self.index: NearestNeighbourIndex | None = None
         self.grid: tuple[int, int] | None = None
-        self.sources: np.ndarray | None = None
+        self.memory: MemoryBank | None = None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Patch embeddings (N, P, D) of prepared uint8 images, ``batch_size`` images per forward pass."""
@@ -204,24 +254,15 @@ class PatchCoreScorer:
     ) -> np.ndarray:
         """Build the memory bank from normal training images; returns the bank (M, D) float32."""
         bank = build_memory_bank(self.embed, images, coreset_ratio, max_bank, projection_dim, rotations, seed, whiten)
-        self.sources = bank.sources
+        self.memory = bank
         self.set_bank(bank.rows, bank.whitening)
         return bank.rows
 
     def leave_one_out(self, images: np.ndarray) -> np.ndarray:
         """Leave-one-image-out scores of the training images the bank was fitted on (see module function)."""
-        assert self.index is not None and self.sources is not None and self.grid is not None
+        assert self.memory is not None and self.grid is not None
         patches = self.embed(images)
-        return leave_one_out_scores(
-            patches,
-            self.index.bank,
-            self.sources,
-            self.grid,
-            self.spec.size,
-            self.blur_sigma,
-            self.top_fraction,
-            self.index.whitening,
-        )
+        return leave_one_out_scores(patches, self.memory, self.grid, self.spec.size, self.blur_sigma, self.top_fraction)
 
     def set_bank(self, bank: np.ndarray, whitening: np.ndarray | None = None) -> None:
         """Use ``bank`` as the memory bank (rows whitened by ``whitening`` when given)."""
