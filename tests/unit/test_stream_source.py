@@ -230,13 +230,19 @@ def test_stall_releases_and_reconnects():
 
 
 def test_live_stream_keeps_only_latest_frame():
-    frames = [good(value=v) for v in range(50)]
-    src = StreamSource("cam1", cfg("rtsp://camera/live"), lambda source: FakeCapture(frames, opened=True))
+    # a live camera: 50 frames, then it waits for the next one (no end of stream, so no reconnect and replay)
+    no_more = threading.Event()
+    capture = FakeCapture([good(value=v) for v in range(50)], opened=True, block=no_more)
+    src = StreamSource("cam1", cfg("rtsp://camera/live"), lambda source: capture)
     stop = threading.Event()
     src.start()
-    time.sleep(0.3)  # the reader runs ahead of a consumer that is not reading
+    deadline = time.monotonic() + 10.0
+    while capture.reads <= 50 and time.monotonic() < deadline:  # the reader runs ahead of a consumer not reading
+        time.sleep(0.01)
     item = next(src.items(stop, timeout=1.0))
+    no_more.set()
     src.stop()
+    assert capture.reads > 50
     assert item.image[0, 0, 0] == 49 and src.dropped_frames >= 40
 
 
