@@ -189,23 +189,33 @@ def leave_one_out_scores(
     own rows are its nearest ones, so it is scored without them, and that overstates its score: where several
     parts look alike the coreset kept one of them's row and dropped the others' as covered, so the part that
     gave the row finds nothing left there. Putting each left-out row's stand-in (nearest patch of another image)
-    in its place understates it: a stand-in is the best match there is. The score is the midpoint of the two.
-    Against held-out validation normals (two-sample Kolmogorov-Smirnov distance, float models of
-    ``make bench-auto``): casting 0.203 without stand-ins, 0.290 with, 0.079 the midpoint; bottle 0.415, 0.227,
-    0.225; tire 0.184, 0.381, 0.260.
+    in its place understates it: a stand-in is the best match there is. The score is the midpoint of the two
+    (:func:`leave_one_out_bounds`). ``make bench-loo`` compares the three with held-out validation normals.
     """
-    scores = np.empty(len(patches), np.float32)
+    without, with_stand_ins = leave_one_out_bounds(patches, bank, grid, size, blur_sigma, top_fraction)
+    return 0.5 * (without + with_stand_ins)
+
+
+def leave_one_out_bounds(
+    patches: np.ndarray,
+    bank: MemoryBank,
+    grid: tuple[int, int],
+    size: int,
+    blur_sigma: float,
+    top_fraction: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each training image's score against the bank without its own rows, and with their stand-ins: (N,), (N,)."""
+    without = np.empty(len(patches), np.float32)
+    with_stand_ins = np.empty(len(patches), np.float32)
     for i, image_patches in enumerate(patches):
         left_out = bank.sources == i
         queries = image_patches if bank.whitening is None else image_patches @ bank.whitening
-        without = NearestNeighbourIndex(bank.rows[~left_out]).distances(queries)
+        rest = NearestNeighbourIndex(bank.rows[~left_out]).distances(queries)
         stand_ins = bank.stand_ins.rows[left_out & (bank.stand_ins.sources != i)]
-        with_stand_ins = (
-            np.minimum(without, NearestNeighbourIndex(stand_ins).distances(queries)) if len(stand_ins) else without
-        )
-        pair = [image_score(distance_map(d, grid, size, blur_sigma), top_fraction) for d in (without, with_stand_ins)]
-        scores[i] = 0.5 * (pair[0] + pair[1])
-    return scores
+        nearer = np.minimum(rest, NearestNeighbourIndex(stand_ins).distances(queries)) if len(stand_ins) else rest
+        without[i] = image_score(distance_map(rest, grid, size, blur_sigma), top_fraction)
+        with_stand_ins[i] = image_score(distance_map(nearer, grid, size, blur_sigma), top_fraction)
+    return without, with_stand_ins
 
 
 class PatchCoreScorer:
