@@ -133,11 +133,12 @@ class BankScorer:
             maps.append(amap)
         return np.array(scores, np.float32), np.stack(maps)
 
-    def leave_one_out(self, images: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    def leave_one_out(
+        self, images: np.ndarray, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray
+    ) -> np.ndarray:
         """Training images' scores as export gives them (:func:`training.models.patchcore.leave_one_out_scores`):
         each image without its own bank rows (rows equal to one of its patches, turned copies included), their
-        stand-ins in their place."""
-        patches, grid, _ = self.patches(images)
+        stand-ins in their place. ``patches``: the images' own (upright) patches, from :meth:`patches`."""
         own = [self.to_bank_space(p) for p in patches]
         for degrees in (self.entry.settings or {}).get("bank_rotations", []):
             turned, _, _ = self.patches(np.ascontiguousarray(np.rot90(images, degrees // 90, axes=(1, 2))))
@@ -201,7 +202,7 @@ def update_bundle(
         new_bank, added = extend_bank(bank, scorer.to_bank_space(np.concatenate(alarm_patches)), radius)
     else:
         new_bank, added = bank, 0
-    loo = scorer.leave_one_out(train_images, new_bank)
+    loo = scorer.leave_one_out(train_images, train_patches, grid, new_bank)
     val_patches, _, _ = scorer.patches(load_images(splits.validation, spec)[0])
     val_scores, val_maps = scorer.scores(val_patches, grid, new_bank)
     t = cfg.threshold
