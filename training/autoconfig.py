@@ -215,7 +215,7 @@ def _available_backbones(pc: PatchCoreConfig, extra: Sequence[str] = EXTRA_BACKB
     return names
 
 
-class _Search:
+class SettingsSearch:
     """The candidates tried so far, over geometries of one or more backbones."""
 
     def __init__(self, cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float) -> None:
@@ -236,6 +236,7 @@ class _Search:
         self.normals, self.defects, self.masks = _held_out(splits, pc, max(self.sizes), seed)
         self.labels = np.r_[np.zeros(len(self.normals)), np.ones(len(self.defects))]
         self.candidates: list[Candidate] = []
+        self.image_scores: list[np.ndarray] = []  # per candidate: held-out normals, then the synthetic defects
         self.skipped: list[str] = []
         self.features: dict[tuple[str, int], _SizeFeatures] = {}
 
@@ -264,17 +265,16 @@ class _Search:
             for sigma in self.sigmas:
                 maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
                 for top in self.tops:
-                    auroc = metrics.roc_auc(self.labels, np.array([image_score(m, top) for m in maps]))
-                    figures = (auroc, pixel, len(bank), bank.shape[1])
+                    scores = np.array([image_score(m, top) for m in maps])
+                    figures = (metrics.roc_auc(self.labels, scores), pixel, len(bank), bank.shape[1])
                     self.candidates.append(Candidate(*setting, sigma, top, whiten, *figures))
+                    self.image_scores.append(scores)
         done = f"{backbone}, size {size}, rotations {list(turns)}, whitened {list(spaces)}"
         log.info("search: %s done at %.0f s", done, self.elapsed())
 
 
-def search_patchcore(
-    cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0
-) -> tuple[PatchCoreConfig, dict[str, Any]]:
-    """Choose PatchCore's settings from normal images; returns (the config to train, the search report).
+def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0) -> SettingsSearch:
+    """Every candidate the search tries, with its figures and held-out image scores.
 
     First every geometry (size x orientations) of the YAML's backbone, cheapest first, in the backbone's own
     feature space (whitened only when the YAML says so); then, at the best geometry found, the whitened space and
@@ -285,7 +285,7 @@ def search_patchcore(
     if not splits.validation:
         msg = f"data set {splits.name!r}: the settings search needs normal validation images"
         raise ValueError(msg)
-    search = _Search(cfg, splits, budget_seconds)
+    search = SettingsSearch(cfg, splits, budget_seconds)
     geometries = sorted(itertools.product(search.sizes, search.orientations), key=lambda g: g[0] ** 2 * (1 + len(g[1])))
     first_space = [False] if False in search.whiten else [True]
     for size, turns in geometries:
@@ -298,6 +298,16 @@ def search_patchcore(
         search.geometry(pc.backbone, lead.size, lead.bank_rotations, [True])
     for backbone in _available_backbones(pc)[1:]:
         search.geometry(backbone, lead.size, lead.bank_rotations, first_space)
+    return search
+
+
+def search_patchcore(
+    cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0
+) -> tuple[PatchCoreConfig, dict[str, Any]]:
+    """Choose PatchCore's settings from normal images (:func:`run_search`); returns (the config to train, the
+    search report)."""
+    pc = cfg.patchcore
+    search = run_search(cfg, splits, budget_seconds)
     candidates, skipped = search.candidates, search.skipped
     normals, defects, train = search.normals, search.defects, search.train
     chosen = choose(candidates)
