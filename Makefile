@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo bench-objective bench-decode describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,12 @@ bench-nn: install  ## nearest-neighbour search, exact vs clustered, on casting's
 
 bench-loo: install  ## leave-one-out scores (without own rows, with stand-ins, midpoint) against held-out normals; the runs of make bench-auto
 	$(PY) -m bench.loo_bench --out bench/results
+
+bench-decode: install  ## reduced JPEG decoding: decode + prepare of camera-sized JPEG frames, full against reduced
+	$(PY) -m bench.decode_bench --out bench/results
+
+bench-objective: install  ## settings search: its synthetic objective and low-false-alarm ones against real test figures, every candidate (~20 min)
+	$(PY) -m bench.objective_bench --out bench/results
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle

@@ -142,7 +142,12 @@ class Agent:
         ]
         source: Source
         if isinstance(cam.source, FolderSourceConfig):
-            source = FolderSource(cam.id, cam.source, is_known=functools.partial(self.store.has_verdict, cam.id))
+            source = FolderSource(
+                cam.id,
+                cam.source,
+                is_known=functools.partial(self.store.has_verdict, cam.id),
+                min_side=lambda: max(p.inspector.input_side for p in pipelines),
+            )
         else:
             source = StreamSource(cam.id, cam.source)
         source.on_state(functools.partial(self._camera_state, cam.id))

@@ -100,7 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         frame_id = f"replay/{path.relative_to(args.folder).as_posix()}"
         frame = Frame(camera.cfg.id, "replay", frame_id, datetime.now(UTC), str(path))
         try:
-            camera.pipeline.process(frame, read_image(path))
+            camera.pipeline.process(frame, read_image(path, camera.pipeline.inspector.input_side))
         except ImageDecodeError as err:
             log.warning("skipped %s", err)
     agent.stop(flush_seconds=args.flush_seconds)

@@ -290,6 +290,14 @@ class Inspector:
         # the classifier reuses the scorer's resized image when both want the same pre-processing
         self.same_preprocess = classifier is not None and classifier.preprocess == entry.preprocess
 
+    @property
+    def input_side(self) -> int:
+        """The largest input side of the bundle's models: frames may be decoded down to it (JPEG)."""
+        sizes = [self.entry.preprocess.size]
+        if self.classifier is not None:
+            sizes.append(self.classifier.entry.preprocess.size)
+        return max(sizes)
+
     def inspect(
         self, image_rgb: np.ndarray, classify_all: bool = False, threshold: float | None = None
     ) -> InspectionResult:

@@ -60,25 +60,54 @@ class PreprocessSpec:
         return PreprocessSpec(self.size, self.color, self.resize, offset, scale)
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array; raise ImageDecodeError with a reason."""
+#: JPEG scale factors libjpeg decodes to directly (in the DCT domain), largest first, and their OpenCV flags.
+_JPEG_REDUCTIONS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def jpeg_reduction(data: bytes, min_side: int | None) -> int:
+    """The largest factor (1, 2, 4 or 8) a JPEG can be decoded smaller by and keep both sides >= ``min_side``;
+    1 for other formats or without ``min_side``."""
+    if not min_side or data[:2] != b"\xff\xd8":
+        return 1
+    size = _jpeg_size(data)
+    if size is None:
+        return 1
+    return next((r for r, _ in _JPEG_REDUCTIONS if min(size) // r >= min_side), 1)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", min_side: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array; raise ImageDecodeError with a reason.
+
+    With ``min_side`` (the model's input size) a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8
+    scale by libjpeg itself, several times faster than a full decode, keeping both sides >= ``min_side``.
+    Training reads its images the same way (:func:`load_prepared`), so model and agent see the same pixels.
+    """
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     _check_declared_size(data, name)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    reduction = jpeg_reduction(data, min_side)
+    flags = dict(_JPEG_REDUCTIONS).get(reduction, cv2.IMREAD_UNCHANGED)
+    if reduction > 1:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION  # as IMREAD_UNCHANGED: pixels as stored, EXIF not applied
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None or image.size == 0:
         raise ImageDecodeError(f"{name}: not a decodable image (truncated, corrupt or unknown format)")
     return to_rgb_uint8(image, name)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file to RGB uint8; raise ImageDecodeError naming the file on any failure."""
+def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
+    """Read an image file to RGB uint8 (see :func:`decode_image` for ``min_side``); raise ImageDecodeError naming
+    the file on any failure."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ImageDecodeError(f"{path}: cannot read file ({err.strerror})") from err
-    return decode_image(data, str(path))
+    return decode_image(data, str(path), min_side)
 
 
 def to_rgb_uint8(image: np.ndarray, name: str = "<array>") -> np.ndarray:
@@ -167,8 +196,8 @@ def normalise(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load_prepared(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """Read a file and prepare it for the model (uint8 HxWxC)."""
-    return prepare(read_image(path), spec)
+    """Read a file and prepare it for the model (uint8 HxWxC); large JPEGs decoded reduced, as the agent does."""
+    return prepare(read_image(path, spec.size), spec)
 
 
 def _check_declared_size(data: bytes, name: str) -> None:

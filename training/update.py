@@ -177,7 +177,7 @@ def extend_bank(bank: np.ndarray, new: np.ndarray, radius: float) -> tuple[np.nd
 def _prepared(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
     if not paths:
         return np.zeros((0, spec.size, spec.size, spec.channels), np.uint8)
-    return np.stack([prepare(read_image(p), spec) for p in paths])
+    return np.stack([prepare(read_image(p, spec.size), spec) for p in paths])
 
 
 def update_bundle(

@@ -77,8 +77,10 @@ class FolderSource(Source):
         *,
         watch_events: bool = True,
         retry_seconds: float = 30.0,
+        min_side: Callable[[], int | None] | None = None,
     ) -> None:
         super().__init__(camera_id)
+        self.min_side = min_side or (lambda: None)  # the models' input side: large JPEGs are decoded reduced
         self.cfg = cfg
         self.root = cfg.path.resolve()
         self.done_dir = (cfg.done_dir or cfg.path / "done").resolve()
@@ -167,7 +169,7 @@ class FolderSource(Source):
         if stat.S_ISLNK(st.st_mode):
             return SourceItem(frame, None, SYMLINK_REASON, "symlink")
         try:
-            image = decode_image(read_regular(path), str(path))
+            image = decode_image(read_regular(path), str(path), self.min_side())
         except OSError as err:
             return SourceItem(frame, None, f"{path}: cannot read ({err.strerror or err})", "unreadable")
         except Exception as err:  # ImageDecodeError, or anything OpenCV throws at hostile bytes

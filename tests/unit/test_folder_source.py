@@ -25,7 +25,7 @@ CASTING = FIXTURES / "casting_ok.jpeg"
 def make(path: Path, **kw) -> FolderSource:
     kw.setdefault("stable_seconds", 0.15)
     kw.setdefault("poll_seconds", 0.1)
-    opts = {k: kw.pop(k) for k in ("is_known", "watch_events", "retry_seconds") if k in kw}
+    opts = {k: kw.pop(k) for k in ("is_known", "watch_events", "retry_seconds", "min_side") if k in kw}
     return FolderSource("cam1", FolderSourceConfig(path=path, **kw), **opts)
 
 
@@ -395,3 +395,14 @@ def test_a_slow_move_is_not_offered_again(watched, monkeypatch, caplog):
     assert [i.frame.frame_id for i in got] == ["a.png"]
     assert (root.parent / "done" / "a.png").is_file() and not (root / "a.png").exists()
     assert "not done" not in caplog.text
+
+
+def test_large_jpeg_decoded_reduced_to_the_models_side(watched):
+    root, sources = watched
+    big = cv2.resize(cv2.imread(str(BOTTLE)), (1024, 768))
+    assert cv2.imwrite(str(root / "big.jpg"), big)
+    src = make(root, min_side=lambda: 256)
+    sources.append(src)
+    src.start()
+    (item,) = collect(src, 1)
+    assert item.image is not None and item.image.shape == (384, 512, 3)

@@ -7,6 +7,8 @@ from edge_agent.preprocess import (
     MAX_SIDE,
     PreprocessSpec,
     decode_image,
+    jpeg_reduction,
+    load_prepared,
     normalise,
     prepare,
     read_image,
@@ -133,3 +135,42 @@ def test_letterbox_of_a_long_thin_image_stays_small():
     assert peak < 2 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
     mask = resize_mask(np.ones((1, 8192), np.uint8), 224, "letterbox")
     assert mask.shape == (224, 224) and list(np.flatnonzero(mask.any(axis=1))) == [111] and mask[111].all()
+
+
+def _big_jpeg(fixture_images, width: int, height: int) -> bytes:
+    """A real bottle picture enlarged to a camera-sized JPEG."""
+    image = cv2.imread(str(fixture_images / "bottle_good_000.png"))
+    big = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+    ok, data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize(("min_side", "factor"), [(None, 1), (640, 1), (320, 2), (200, 4), (100, 8), (40, 8)])
+def test_large_jpeg_decoded_reduced_down_to_the_model_side(fixture_images, min_side, factor):
+    data = _big_jpeg(fixture_images, 1000, 800)
+    assert jpeg_reduction(data, min_side) == factor
+    image = decode_image(data, "big.jpg", min_side)
+    assert image.shape == (-(-800 // factor), -(-1000 // factor), 3)
+    assert min(image.shape[:2]) >= (min_side or 0)
+
+
+def test_reduced_jpeg_decode_prepares_the_same_picture(fixture_images):
+    data = _big_jpeg(fixture_images, 1024, 1024)
+    spec = PreprocessSpec(128, "rgb")
+    full = prepare(decode_image(data, "big.jpg"), spec).astype(np.float32)
+    reduced = prepare(decode_image(data, "big.jpg", spec.size), spec).astype(np.float32)
+    assert jpeg_reduction(data, spec.size) == 8
+    assert np.abs(full - reduced).mean() < 2.0  # grey levels of 255: the same picture, filtered a little differently
+
+
+def test_png_and_small_jpeg_never_reduced(fixture_images, tmp_path):
+    png = (fixture_images / "bottle_good_000.png").read_bytes()
+    small_jpeg = (fixture_images / "casting_ok.jpeg").read_bytes()
+    assert jpeg_reduction(png, 16) == 1
+    assert jpeg_reduction(small_jpeg, 300) == 1
+    np.testing.assert_array_equal(decode_image(png, "p.png", 16), decode_image(png, "p.png"))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_big_jpeg(fixture_images, 512, 512))
+    assert read_image(path, 128).shape == (128, 128, 3)
+    assert load_prepared(path, PreprocessSpec(128, "rgb")).shape == (128, 128, 3)
