@@ -65,8 +65,9 @@ class LiveInspection:
 
 
 def inspect_bytes(inspector: Inspector, data: bytes, name: str = "<upload>") -> LiveInspection:
-    """Decode ``data`` with the shared pre-processing, score it, and render the heatmap like the agent."""
-    image = decode_image(data, name)
+    """Decode ``data`` with the shared pre-processing (a large JPEG reduced, as the agent does), score it, and
+    render the heatmap like the agent."""
+    image = decode_image(data, name, inspector.input_side)
     return inspect_image(inspector, image)
 
 
