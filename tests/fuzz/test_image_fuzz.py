@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edge_agent.errors import ImageDecodeError
-from edge_agent.preprocess import MAX_SIDE, PreprocessSpec, prepare
+from edge_agent.preprocess import MAX_SIDE, PreprocessSpec, decode_image, jpeg_reduction, prepare
 from tests.fuzz.images import (
     HUGE,
     Case,
@@ -278,3 +279,26 @@ def test_largest_allowed_side_still_decodes():
     strip = encode(np.full((2, MAX_SIDE, 3), 77, np.uint8), ".png")
     image, error, _ = decode_within(Case("strip", strip, "decode", ".png"), PER_INPUT_TIMEOUT)
     assert error is None and image.shape == (2, MAX_SIDE, 3)
+
+
+def test_mutated_large_jpegs_decoded_reduced_never_crash(bottles):
+    """Seeded truncations and byte edits of a camera-sized JPEG, decoded the agent's way (reduced to the model's
+    side): each one decodes to RGB uint8 no smaller than that side, or is refused with an ImageDecodeError."""
+    big = cv2.resize(bottles[0], (1024, 768))  # BGR, as OpenCV encodes it
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    rng = np.random.default_rng(7)
+    outcomes: Counter[str] = Counter()
+    for i in range(300):
+        mutated = bytearray(data[: int(len(data) * rng.uniform(0.05, 1.0))] if i % 3 == 0 else data)
+        for _ in range(int(rng.integers(1, 12))):
+            mutated[int(rng.integers(2, len(mutated)))] = int(rng.integers(0, 256))
+        try:
+            image = decode_image(bytes(mutated), f"big-{i}.jpg", 128)
+        except ImageDecodeError:
+            outcomes["refused"] += 1
+            continue
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert min(image.shape[:2]) >= 128 or jpeg_reduction(bytes(mutated), 128) == 1
+        outcomes["decoded"] += 1
+    print(f"mutated large JPEGs: {dict(outcomes)}")
+    assert outcomes["decoded"] > 50 and outcomes["refused"] > 50, outcomes  # both paths really exercised
