@@ -1,10 +1,11 @@
 """Nearest-neighbour search: exact against the clustered index (``edge_agent.nn_index``) on a real bundle's bank.
 
-Every test image of the data set goes through the bundle's int8 graph once; its patches are searched by both
-indexes, interleaved image by image, at 1 and 2 threads. Printed and written to ``bench/results/nn_search.md``:
-median search time per frame, the recall of the clustered search (share of query patches whose distance equals
-the exact one), the largest relative distance error, and the image AUROC of the bundle's own score rule with
-either search. Run with ``make bench-nn`` (casting at its chosen settings by default).
+Every test image of the data set goes through the bundle's int8 graph once; its patches are searched by the exact
+index, the clustered one as the agent runs it (two passes) and the clustered one in one pass over 8 cells (the
+earlier default), interleaved image by image, at 1 and 2 threads. Printed and written to
+``bench/results/nn_search.md``: median search time per frame, the recall of the clustered searches (share of query
+patches whose distance equals the exact one), the largest relative distance error, and the image AUROC of the
+bundle's own score rule with each search. Run with ``make bench-nn`` (casting at its chosen settings by default).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from edge_agent.bundle import Bundle, load_bundle
 from edge_agent.inspector import Inspector, PatchCoreTFLite, backbone_patches
 from edge_agent.manifest import PatchCoreParams
-from edge_agent.nn_index import EXACT_MAX_ROWS, ClusteredIndex
+from edge_agent.nn_index import EXACT_MAX_ROWS, REFINE_MIN, REFINE_SHARE, ClusteredIndex
 from edge_agent.preprocess import prepare, read_image
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
@@ -44,19 +45,23 @@ def whitening(bundle: Bundle) -> np.ndarray | None:
 
 
 def whole_frames(bundle: Bundle, samples: list[Sample]) -> dict[str, float]:
-    """Median ms per ``Inspector.inspect`` with the agent's search and with the exact one, interleaved."""
-    agent, exact = Inspector(bundle, threads=2), Inspector(bundle, threads=2)
+    """Median ms per ``Inspector.inspect`` with the agent's search, the exact one and the one-pass clustered one,
+    interleaved."""
+    agent, exact, one_pass = (Inspector(bundle, threads=2) for _ in range(3))
     params = exact.entry.params
-    assert isinstance(params, PatchCoreParams) and isinstance(exact.scorer, PatchCoreTFLite)
-    bank = np.load(bundle.path / params.memory_bank)
-    exact.scorer.index = NearestNeighbourIndex(bank, 2, whitening=whitening(bundle))
+    assert isinstance(params, PatchCoreParams)
+    assert isinstance(exact.scorer, PatchCoreTFLite) and isinstance(one_pass.scorer, PatchCoreTFLite)
+    bank, white = np.load(bundle.path / params.memory_bank), whitening(bundle)
+    exact.scorer.index = NearestNeighbourIndex(bank, 2, whitening=white)
+    one_pass.scorer.index = ClusteredIndex(bank, 2, probe=8, whitening=white, refine_probe=0)
     images = [read_image(s.path) for s in samples]
-    times: dict[str, list[float]] = {"clustered": [], "exact": []}
+    inspectors = {"clustered": agent, "exact": exact, "one pass": one_pass}
+    times: dict[str, list[float]] = {kind: [] for kind in inspectors}
     for image in images[:3]:  # warm-up
-        agent.inspect(image)
-        exact.inspect(image)
+        for inspector in inspectors.values():
+            inspector.inspect(image)
     for image in images:
-        for kind, inspector in (("clustered", agent), ("exact", exact)):
+        for kind, inspector in inspectors.items():
             started = time.perf_counter()
             inspector.inspect(image)
             times[kind].append(time.perf_counter() - started)
@@ -83,56 +88,74 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_dataset(load_train_config(args.config).dataset).test
     samples = samples[:: max(1, len(samples) // args.limit)] if args.limit else samples  # spread over the kinds
     started = time.perf_counter()
+    kinds = ("exact", "clustered", "one pass")
     indexes = {
-        threads: (NearestNeighbourIndex(bank, threads, whitening=white), ClusteredIndex(bank, threads, whitening=white))
+        threads: {
+            "exact": NearestNeighbourIndex(bank, threads, whitening=white),
+            "clustered": ClusteredIndex(bank, threads, whitening=white),
+            "one pass": ClusteredIndex(bank, threads, probe=8, whitening=white, refine_probe=0),
+        }
         for threads in (1, 2)
     }
-    build_seconds = (time.perf_counter() - started) / 2
-    times: dict[str, list[float]] = {f"{kind} {t}": [] for kind in ("exact", "clustered") for t in (1, 2)}
-    scores: dict[str, list[float]] = {"exact": [], "clustered": []}
-    same = total = 0
-    worst = 0.0
+    build_seconds = (time.perf_counter() - started) / 4
+    times: dict[str, list[float]] = {f"{kind} {t}": [] for kind in kinds for t in (1, 2)}
+    scores: dict[str, list[float]] = {kind: [] for kind in kinds}
+    same = {kind: 0 for kind in kinds[1:]}
+    worst = {kind: 0.0 for kind in kinds[1:]}
+    total = 0
     for sample in samples:
         image = prepare(read_image(sample.path), entry.preprocess)
         patches, grid, _, _ = backbone_patches(model, image, entry.preprocess, params.pool, params.patch_taps)
-        for threads, (exact, clustered) in indexes.items():
-            d_exact, t_exact = timed(exact.distances, patches)
-            d_approx, t_approx = timed(clustered.distances, patches)
-            times[f"exact {threads}"].append(t_exact)
-            times[f"clustered {threads}"].append(t_approx)
-        same += int(np.sum(d_approx <= d_exact * (1 + 1e-5) + 1e-6))
-        total += len(d_exact)
-        worst = max(worst, float(np.max((d_approx - d_exact) / np.maximum(d_exact, 1e-6))))
-        for kind, d in (("exact", d_exact), ("clustered", d_approx)):
-            amap = distance_map(d, grid, entry.preprocess.size, params.blur_sigma)
+        found: dict[str, np.ndarray] = {}
+        for threads, by_kind in indexes.items():
+            for kind, index in by_kind.items():
+                found[kind], seconds = timed(index.distances, patches)
+                times[f"{kind} {threads}"].append(seconds)
+        total += len(patches)
+        for kind in kinds[1:]:
+            same[kind] += int(np.sum(found[kind] <= found["exact"] * (1 + 1e-5) + 1e-6))
+            error = (found[kind] - found["exact"]) / np.maximum(found["exact"], 1e-6)
+            worst[kind] = max(worst[kind], float(np.max(error)))
+        for kind in kinds:
+            amap = distance_map(found[kind], grid, entry.preprocess.size, params.blur_sigma)
             scores[kind].append(image_score(amap, params.score_top_fraction))
     frame_ms = whole_frames(bundle, samples[::9])
     labels = np.array([s.label for s in samples])
     auroc = {kind: roc_auc(labels, np.array(v)) for kind, v in scores.items()}
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    clustered = indexes[1][1]
+    clustered = indexes[1]["clustered"]
+    assert isinstance(clustered, ClusteredIndex)
     lines = [
         "# Nearest-neighbour search: exact vs clustered (inverted file)",
         "",
         f"`make bench-nn`: bundle `{args.bundle}` ({bundle.version}), bank {len(bank)} x {bank.shape[1]}, "
         f"{entry.preprocess.size} px, {len(patches)} query patches a frame, {len(samples)} test images of "
-        f"`{args.config}`; clustered: {len(clustered.cells_t)} k-means cells, {clustered.probe} probed, built in "
-        f"{build_seconds:.2f} s. Median over frames, interleaved frame by frame.",
+        f"`{args.config}`; clustered: {len(clustered.cells_t)} k-means cells (built in {build_seconds:.2f} s), "
+        f"the agent's search probes {clustered.probe} for every patch, then {clustered.refine_probe} for the "
+        f"{REFINE_SHARE:.4g} of a frame's patches with the largest distances (at least {REFINE_MIN}); the one-pass "
+        "search probes 8 for every patch (the earlier default). Median over frames, interleaved frame by frame.",
         "",
-        "| search | ms/frame, 1 thread | ms/frame, 2 threads | image AUROC |",
-        "|---|---|---|---|",
-        f"| exact (float32) | {ms['exact 1']:.1f} | {ms['exact 2']:.1f} | {auroc['exact']:.4f} |",
-        f"| clustered | {ms['clustered 1']:.1f} | {ms['clustered 2']:.1f} | {auroc['clustered']:.4f} |",
-        f"| ratio exact / clustered | {ms['exact 1'] / ms['clustered 1']:.1f}x | "
-        f"{ms['exact 2'] / ms['clustered 2']:.1f}x | |",
+        "| search | ms/frame, 1 thread | ms/frame, 2 threads | image AUROC | patches with the exact distance | "
+        "largest relative distance error |",
+        "|---|---|---|---|---|---|",
+        f"| exact (float32) | {ms['exact 1']:.1f} | {ms['exact 2']:.1f} | {auroc['exact']:.4f} | 1 | 0 |",
+        *(
+            f"| {name} | {ms[kind + ' 1']:.1f} | {ms[kind + ' 2']:.1f} | {auroc[kind]:.4f} | "
+            f"{same[kind] / total:.4f} | {worst[kind]:.3f} |"
+            for kind, name in (("clustered", "clustered, two passes (the agent's)"), ("one pass", "one pass, 8 cells"))
+        ),
+        f"| ratio exact / two passes | {ms['exact 1'] / ms['clustered 1']:.1f}x | "
+        f"{ms['exact 2'] / ms['clustered 2']:.1f}x | | | |",
+        f"| ratio one pass / two passes | {ms['one pass 1'] / ms['clustered 1']:.2f}x | "
+        f"{ms['one pass 2'] / ms['clustered 2']:.2f}x | | | |",
         "",
-        f"Recall of the clustered search: {same / total:.4f} of {total} query patches got the exact distance; "
-        f"largest relative distance error {worst:.3f}.",
+        f"{total} query patches in all.",
         "",
         f"Whole frame (`Inspector.inspect`: decoded image -> score, map, verdict fields; 2 interpreter threads), "
         f"{len(samples[::9])} frames, interleaved: median {frame_ms['clustered']:.1f} ms with the agent's search "
         f"(clustered above {EXACT_MAX_ROWS} rows), {frame_ms['exact']:.1f} ms with the exact search "
-        f"({frame_ms['exact'] / frame_ms['clustered']:.1f}x).",
+        f"({frame_ms['exact'] / frame_ms['clustered']:.1f}x), {frame_ms['one pass']:.1f} ms with the one-pass "
+        f"search ({frame_ms['one pass'] / frame_ms['clustered']:.2f}x).",
         "",
     ]
     args.out.write_text("\n".join(lines), encoding="utf-8")

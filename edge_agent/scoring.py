@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from statistics import NormalDist
@@ -69,22 +70,26 @@ class ThreadedSearch:
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """L2 distance of each query row (in the patches' own space) to its nearest bank row."""
-        queries = np.asarray(queries, np.float32)
-        if self.whitening is not None:
-            queries = queries @ self.whitening
+        return self._split(np.asarray(queries, np.float32), self._search)
+
+    def _split(self, queries: np.ndarray, search: Callable[[np.ndarray, np.ndarray], None]) -> np.ndarray:
+        """``search`` over the (whitened) queries, split over the threads; each thread whitens its own share."""
         out = np.empty(len(queries), np.float32)
-        if self.threads == 1 or len(queries) < 64 * self.threads:
-            self._search(queries, out)
+        if self.threads == 1 or len(queries) < 32 * self.threads:
+            search(self._whiten(queries), out)
             return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nn-search")
         bounds = np.linspace(0, len(queries), self.threads + 1).astype(int)
         parts = [(queries[a:b], out[a:b]) for a, b in pairwise(bounds)]
-        futures = [self._pool.submit(self._search, q, o) for q, o in parts[1:]]
-        self._search(*parts[0])
+        futures = [self._pool.submit(lambda q, o: search(self._whiten(q), o), q, o) for q, o in parts[1:]]
+        search(self._whiten(parts[0][0]), parts[0][1])
         for future in futures:
             future.result()
         return out
+
+    def _whiten(self, queries: np.ndarray) -> np.ndarray:
+        return queries if self.whitening is None else queries @ self.whitening
 
     def _search(self, queries: np.ndarray, out: np.ndarray) -> None:
         raise NotImplementedError
