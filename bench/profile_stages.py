@@ -27,6 +27,7 @@ from edge_agent import inspector as inspector_module
 from edge_agent import pipeline as pipeline_module
 from edge_agent.agent import Agent
 from edge_agent.inspector import DefectClassifier
+from edge_agent.nn_index import ClusteredIndex
 from edge_agent.pipeline import CameraPipeline
 from edge_agent.preprocess import read_image
 from edge_agent.records import Frame
@@ -87,6 +88,7 @@ def instrument(clock: StageClock) -> None:
     for cls, name, label in [
         (TFLiteModel, "__call__", _graph_label),
         (ThreadedSearch, "distances", "nearest-neighbour search (float32; exact or clustered)"),
+        (ClusteredIndex, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (DefectClassifier, "probabilities", "type features + classifier softmax"),
         (CameraPipeline, "_save_heatmap", "heatmap encode + write (JPEG)"),
         (CameraPipeline, "_keep_original", "original copy"),
