@@ -6,7 +6,10 @@ Runs on the same real images (bottle test set at its stored 512x512 resolution),
 2. full pipeline, replayed: read + decode + score + classify + heatmap + SQLite verdict and outbox, with
    MQTT alerts delivered to a real mosquitto on loopback (and, in a second row, S3 to a moto server);
 3. the agent's folder camera with one and with two scoring workers: files dropped into the watched folder,
-   wall time until every verdict is stored, MQTT and S3 on.
+   wall time until every verdict is stored, MQTT and S3 on;
+4. the same on good parts only (the test split's ``good`` images, repeated): what a line sees most of the time,
+   where no heatmap, image copy, type tail, alert or per-frame S3 object is made (normal verdicts go to S3 in
+   batches). The rows above are three quarters defective frames.
 Run with ``make bench-pipeline``; figures are printed and written to ``bench/results/pipeline.md``.
 """
 
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(os.environ.get("LINEWATCH_DATASETS", "../shared/datasets")) / "mvtec_ad/bottle/test",
     )
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--good-repeats", type=int, default=16, help="repeats of the good images alone (0: skip)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-access")  # moto accepts any key pair
@@ -179,6 +183,27 @@ def main(argv: list[str] | None = None) -> int:
             folder2 = folder_run(args.bundle, paths, args.repeats, port, s3_url, workers=2)
         folder1_mqtt = folder_run(args.bundle, paths, args.repeats, port, None, workers=1)
         folder2_mqtt = folder_run(args.bundle, paths, args.repeats, port, None, workers=2)
+        good = [path for path in paths if path.parent.name == "good"]
+        good_rows = []
+        if args.good_repeats and good:
+            good_alone = scoring_alone(args.bundle, good, args.good_repeats, workers=2)
+            good_rows = [
+                (
+                    f"good parts only ({len(good)} x {args.good_repeats}): scoring alone, 2 threads",
+                    good_alone,
+                    good_alone,
+                ),
+                (
+                    "good parts only: folder camera, workers 2, MQTT (S3 off), until all stored",
+                    folder_run(args.bundle, good, args.good_repeats, port, None, workers=2),
+                    good_alone,
+                ),
+            ]
+            with moto_server() as s3_url:
+                good_s3 = folder_run(args.bundle, good, args.good_repeats, port, s3_url, workers=2)
+            good_rows.append(
+                ("good parts only: folder camera, workers 2, MQTT + S3, until all stored", good_s3, good_alone)
+            )
     rows = [
         ("scoring alone, 1 thread (2 interpreter threads)", alone, alone),
         ("scoring alone, 2 threads (1 interpreter thread each)", alone2, alone2),
@@ -192,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ("folder camera, workers 1: files dropped at once, MQTT + S3, until all stored", folder1, alone),
         ("folder camera, workers 2: files dropped at once, MQTT (S3 off), until all stored", folder2_mqtt, alone2),
         ("folder camera, workers 2: files dropped at once, MQTT + S3, until all stored", folder2, alone2),
+        *good_rows,
     ]
     lines = [
         "| run | frames | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps) |",
@@ -208,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU cores; outbox left after the run: {full['left_in_outbox']} (MQTT), "
         f"{full_s3['left_in_outbox']} (MQTT+S3), drained {full_s3['drain_after_s']:.1f} s after the last frame. "
         "Latency: per frame of the whole pipeline for replay rows, of scoring (Inspector) for the folder rows. "
+        "Good-parts rows: their ratio is to scoring alone on the same good images. "
         "Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
