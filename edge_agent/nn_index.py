@@ -18,9 +18,7 @@ Float32 throughout; the result does not depend on the number of threads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 
@@ -131,14 +129,6 @@ class ClusteredIndex(ThreadedSearch):
         joined: np.ndarray = np.concatenate(self._run_shares(fn, np.array_split(rows, self.threads)))
         return joined
 
-    def _run_shares(self, fn: Callable[[Any], Any], shares: list[Any]) -> list[Any]:
-        """``fn`` of each share, the first in this thread and the others in the pool's threads."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nn-search")
-        futures = [self._pool.submit(fn, share) for share in shares[1:]]
-        first = fn(shares[0])
-        return [first, *(future.result() for future in futures)]
-
     def _pass(self, queries: np.ndarray, probe: int) -> np.ndarray:
         """Squared distance of each (whitened) query to its nearest row in its ``probe`` nearest cells.
 
@@ -166,8 +156,8 @@ class ClusteredIndex(ThreadedSearch):
         if self.threads == 1 or len(runs) < 2 * self.threads or work[-1] < MIN_THREADED_WORK:
             scan(runs)
         else:
-            cuts = np.searchsorted(work, work[-1] * np.arange(1, self.threads) / self.threads)
-            self._run_shares(scan, np.split(np.array(runs, dtype=object), cuts))
+            cuts = np.searchsorted(work, work[-1] * np.arange(1, self.threads) / self.threads).tolist()
+            self._run_shares(scan, [runs[a:b] for a, b in pairwise([0, *cuts, len(runs)])])
         best = np.empty(len(order), np.float32)
         best[order] = nearest  # back to (query, probe) order
         result: np.ndarray = best.reshape(len(queries), probe).min(axis=1) + np.einsum("ij,ij->i", queries, queries)

@@ -70,23 +70,22 @@ class ThreadedSearch:
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """L2 distance of each query row (in the patches' own space) to its nearest bank row."""
-        return self._split(np.asarray(queries, np.float32), self._search)
-
-    def _split(self, queries: np.ndarray, search: Callable[[np.ndarray, np.ndarray], None]) -> np.ndarray:
-        """``search`` over the (whitened) queries, split over the threads; each thread whitens its own share."""
+        queries = self._whiten(np.asarray(queries, np.float32))
         out = np.empty(len(queries), np.float32)
-        if self.threads == 1 or len(queries) < 32 * self.threads:
-            search(self._whiten(queries), out)
+        if self.threads == 1 or len(queries) < 64 * self.threads:
+            self._search(queries, out)
             return out
+        bounds = np.linspace(0, len(queries), self.threads + 1).astype(int)
+        self._run_shares(lambda part: self._search(*part), [(queries[a:b], out[a:b]) for a, b in pairwise(bounds)])
+        return out
+
+    def _run_shares(self, fn: Callable[[Any], Any], shares: list[Any]) -> list[Any]:
+        """``fn`` of each share, the first in this thread and the others in the pool's threads."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nn-search")
-        bounds = np.linspace(0, len(queries), self.threads + 1).astype(int)
-        parts = [(queries[a:b], out[a:b]) for a, b in pairwise(bounds)]
-        futures = [self._pool.submit(lambda q, o: search(self._whiten(q), o), q, o) for q, o in parts[1:]]
-        search(self._whiten(parts[0][0]), parts[0][1])
-        for future in futures:
-            future.result()
-        return out
+        futures = [self._pool.submit(fn, share) for share in shares[1:]]
+        first = fn(shares[0])
+        return [first, *(future.result() for future in futures)]
 
     def _whiten(self, queries: np.ndarray) -> np.ndarray:
         return queries if self.whitening is None else queries @ self.whitening
