@@ -130,7 +130,10 @@ class Store:
                 if existing is not None:
                     return existing, False
                 values = {name: getattr(verdict, name) for name in _VERDICT_FIELDS}
-                verdict_id = int(conn.execute(insert(Verdict).values(values)).inserted_primary_key[0])
+                key = conn.execute(insert(Verdict).values(values)).inserted_primary_key
+                if key is None:
+                    raise RuntimeError("the verdict insert returned no primary key")
+                verdict_id = int(key[0])
                 if messages:
                     rows = [_outbox_row(verdict_id, msg, now) for msg in messages]
                     conn.execute(insert(Outbox), rows)
