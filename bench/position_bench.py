@@ -35,7 +35,18 @@ from training.config import load_train_config
 from training.data import load_dataset
 
 DATASETS = ("bottle", "tire", "casting")
-SCALES = (("shipped", None, 0), ("divide", "divide", 2), ("attenuate", "attenuate", 1), ("attenuate", "attenuate", 2))
+#: (mode, blur) of each row; mode None is the shipped map.
+SCALES: tuple[tuple[str | None, int], ...] = ((None, 0), ("divide", 2), ("attenuate", 1), ("attenuate", 2))
+TEST_HEADER = (
+    "| set | scale | image AUROC | pixel AUROC / PRO | recall above the highest test normal | 2nd | 3rd | 4th |",
+    "|---|---|---|---|---|---|---|---|",
+)
+SEARCH_HEADER = ("| set | scale | synthetic image AUROC | synthetic pixel AUROC | objective |", "|---|---|---|---|---|")
+
+
+def scale_label(mode: str | None, blur: int) -> str:
+    """A row's name: ``shipped`` or the mode and its blur."""
+    return f"{mode}, blur {blur}" if mode else "shipped"
 
 
 def position_scaled(grids: np.ndarray, normal_grids: np.ndarray, mode: str | None, blur: int) -> np.ndarray:
@@ -84,7 +95,7 @@ def test_rows(name: str) -> list[str]:
     g = _grids(name)
     test, val, labels, masks = g["test"], g["validation"], g["labels"], g["masks"]
     rows = []
-    for label, mode, blur in SCALES:
+    for mode, blur in SCALES:
         grids = position_scaled(test, val, mode, blur)
         maps = np.stack([distance_map(d, d.shape, int(g["size"]), float(g["sigma"])) for d in grids])
         scores = np.array([image_score(m, g["top"]) for m in maps])
@@ -94,7 +105,7 @@ def test_rows(name: str) -> list[str]:
         if masks.any():
             pixel = f"{metrics.pixel_auroc(masks, maps):.4f} / {metrics.pro_auc(masks, maps):.4f}"
         rows.append(
-            f"| {name} | {label}{f', blur {blur}' if mode else ''} | {metrics.roc_auc(labels, scores):.4f} | {pixel} | "
+            f"| {name} | {scale_label(mode, blur)} | {metrics.roc_auc(labels, scores):.4f} | {pixel} | "
             + " | ".join(f"{r:.3f}" for r in recall)
             + " |"
         )
@@ -119,7 +130,7 @@ def search_rows(name: str) -> list[str]:
     n = len(search.normals)
     half = np.random.default_rng(0).permutation(n) < n // 2
     rows = []
-    for label, mode, blur in SCALES:
+    for mode, blur in SCALES:
         scaled = dist.copy()
         normals = scaled[:n]
         normals[half] = position_scaled(dist[:n][half], dist[:n][~half], mode, blur)
@@ -131,8 +142,7 @@ def search_rows(name: str) -> list[str]:
         )
         auroc = metrics.roc_auc(search.labels, [image_score(m, chosen["score_top_fraction"]) for m in maps])
         rows.append(
-            f"| {name} | {label}{f', blur {blur}' if mode else ''} | {auroc:.4f} | {pixel:.4f} | "
-            f"{auroc + PIXEL_WEIGHT * pixel:.4f} |"
+            f"| {name} | {scale_label(mode, blur)} | {auroc:.4f} | {pixel:.4f} | {auroc + PIXEL_WEIGHT * pixel:.4f} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -145,21 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     limit_blas_threads(2)
-    lines = [
-        "# Per-position scaling of patch distances: test split and the search's objective",
-        "",
-        "| set | scale | image AUROC | pixel AUROC / PRO | recall above the highest test normal | 2nd | 3rd | 4th |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name in args.sets:
-        lines += test_rows(name)
-    lines += [
-        "",
-        "| set | scale | synthetic image AUROC | synthetic pixel AUROC | objective |",
-        "|---|---|---|---|---|",
-    ]
-    for name in args.sets:
-        lines += search_rows(name)
+    lines = ["# Per-position scaling of patch distances: test split and the search's objective"]
+    for header, rows_of in ((TEST_HEADER, test_rows), (SEARCH_HEADER, search_rows)):
+        lines += ["", *header]
+        for name in args.sets:
+            lines += rows_of(name)
     lines += [
         "",
         "Int8 bundles of `bundles/auto`, scale fitted on their validation normals (first table); the search's float "
