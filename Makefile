@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo bench-objective bench-position bench-decode describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo bench-objective bench-position bench-type-tail bench-decode describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,9 @@ bench-objective: install  ## settings search: its synthetic objective and low-fa
 
 bench-position: install  ## per-position scaling of patch distances, test split and search objective (needs make bench-auto's bundles)
 	$(PY) -m bench.position_bench --out bench/results
+
+bench-type-tail: install  ## type head: macro F1 and int8 tail time of cheaper deep features than stage 7 (needs make bench-auto's runs)
+	$(PY) -m bench.type_tail_bench --out bench/results
 
 soak: install system-deps  ## fault and load suite: 10,000 frames, SIGKILLs, broker restarts, S3 outage, a burst
 	$(PY) -m model_export.demo_bundle --config configs/datasets/bottle.yaml --out bundles/demo-bottle

@@ -104,14 +104,18 @@ def backbone_patches(
     pool: int,
     patch_taps: int,
     tail: TFLiteModel | None = None,
+    last_tap_is_deep: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, list[np.ndarray]]:
     """Patch embeddings (P, D) of one prepared image from the graph's first ``patch_taps`` feature maps, their grid,
     the 2-D head output of a classifier sharing the graph (None without one), and the feature maps after the patch
-    taps (a type head's deeper tap; from ``tail`` when the graph stops at the taps)."""
+    taps (a type head's deeper tap; from ``tail`` when the graph stops at the taps, the last patch tap itself with
+    ``last_tap_is_deep``)."""
     feature_maps, head = backbone_maps(model, prepared, spec)
     taps, deeper = feature_maps[:patch_taps], feature_maps[patch_taps:]
     if not deeper and tail is not None:
         deeper = [deep_tap(tail, taps[-1])]
+    elif not deeper and last_tap_is_deep:
+        deeper = [taps[-1]]
     return patch_embedding(taps, pool), taps[0].shape[:2], head, deeper
 
 
@@ -128,7 +132,8 @@ class PatchCoreTFLite:
     belongs to a defect-type model sharing the graph (``shares_graph_of``): a 2-D softmax of a classifier head,
     or a deeper feature map pooled where the distance map is high (:mod:`edge_agent.type_head`); either is
     returned as the head output. With ``params.type_tail`` the graph stops at the patch taps and the deeper map
-    comes from the tail graph, run only when the head output is asked for (anomalous frames).
+    comes from the tail graph, run only when the head output is asked for (anomalous frames); with
+    ``params.type_reads_last_tap`` the head pools the last patch tap itself.
     """
 
     def __init__(self, entry: ModelEntry, folder: Path, threads: int) -> None:
@@ -160,6 +165,11 @@ class PatchCoreTFLite:
                 raise BundleError(msg)
             deep = [t.shape for t in self.tail.outputs if len(t.shape) == 4]
             self.head_width = sum(s[-1] for s in (*maps, *deep[:1])) + SHAPE_FEATURES
+        self.last_tap_is_deep = params.type_reads_last_tap
+        if self.last_tap_is_deep:
+            if self.tail is not None or len(maps) > self.patch_taps:
+                raise BundleError(f"{entry.file}: type_reads_last_tap with a type tail or deeper outputs")
+            self.head_width = sum(s[-1] for s in maps) + maps[-1][-1] + SHAPE_FEATURES
 
     def score(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
         """Image score (max of the map) and the smoothed distance map."""
@@ -178,6 +188,8 @@ class PatchCoreTFLite:
             head = type_features(patches, distances, grid, feature_maps[self.patch_taps])
         elif self.tail is not None:
             head = partial(_tail_features, self.tail, patches, distances, grid, taps[-1])
+        elif self.last_tap_is_deep:
+            head = partial(type_features, patches, distances, grid, taps[-1])
         return image_score(amap, self.top_fraction), amap, head
 
 

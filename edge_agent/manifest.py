@@ -61,6 +61,9 @@ class PatchCoreParams(StrictModel):
     whitening: str | None = Field(
         default=None, description="float32 (D, D) matrix taking patches into the bank's whitened space; null: none"
     )
+    type_reads_last_tap: bool = Field(
+        default=False, description="a type head pools the last patch tap as its deeper map (no tail, no deeper output)"
+    )
 
     def side_files(self) -> list[str]:
         """The files beside the graph this scorer reads."""

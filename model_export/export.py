@@ -312,11 +312,12 @@ def export_bundle(
 
     ``classifier="auto"`` takes the first of :data:`DEFECT_TYPE_MODELS` the run has. With ``share_backbone`` the
     classifier becomes a head of the scorer's graph when the two can share it (:mod:`model_export.fuse`);
-    otherwise, or when they cannot, it gets its own graph. A type head reads the scorer graph's last patch tap
-    through the type tail graph.
+    otherwise, or when they cannot, it gets its own graph. A type head reads the scorer graph's last patch tap,
+    itself or through the type tail graph to its deeper tap.
     """
     from model_export.fuse import shared_backbone_model, type_tail_model
     from model_export.type_head_export import export_type_tail, is_type_head, type_head_entry
+    from training.type_head import LAST_PATCH_TAP
 
     splits = load_dataset(cfg.dataset)
     report = ExportReport(bundle=None)
@@ -326,9 +327,10 @@ def export_bundle(
     classifier_dir = run_dir / classifier if classifier else None
     if classifier_dir is not None and not (classifier_dir / "model.keras").is_file():
         classifier_dir = None
-    graph, tail = None, None
+    graph, tail, reads_last_tap = None, None, False
     if classifier_dir is not None and share_backbone and is_type_head(classifier_dir):
         tail = type_tail_model(run_dir / scorer, classifier_dir)
+        reads_last_tap = read_calibration(classifier_dir)["deep_tap"] == LAST_PATCH_TAP
     elif classifier_dir is not None and share_backbone:
         graph = shared_backbone_model(run_dir / scorer, classifier_dir)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
@@ -337,8 +339,10 @@ def export_bundle(
         models["scorer"], report.figures["scorer"] = export_scorer(
             run_dir / scorer, splits, cfg, precision, staging, max_auroc_drop, graph
         )
-        if classifier_dir is not None and tail is not None:
-            tail_figures = export_type_tail(tail, models["scorer"], splits, staging, precision)
+        if classifier_dir is not None and (tail is not None or reads_last_tap):
+            if reads_last_tap:
+                models["scorer"]["params"]["type_reads_last_tap"] = True
+            tail_figures = export_type_tail(tail, models["scorer"], splits, staging, precision) if tail else {}
             models["classifier"], report.figures["classifier"] = type_head_entry(
                 classifier_dir, splits, models["scorer"], staging, min_agreement
             )

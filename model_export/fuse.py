@@ -77,6 +77,9 @@ def type_tail_model(scorer_folder: Path, type_head_folder: Path) -> keras.Model 
         return None
     backbone, model = pair
     last, deep = _output_layer_names(backbone)[-1], _output_layer_names(model)[-1]
+    if deep == last:
+        log.info("the type head pools the last patch tap %s: no tail", last)
+        return None
     try:
         tail = keras.Model(model.get_layer(last).output, model.get_layer(deep).output, name="type_tail")
     except ValueError as err:

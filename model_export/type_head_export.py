@@ -117,6 +117,10 @@ def type_head_entry(
     if tail_file is not None:
         outputs = [o.to_dict() for o in TFLiteModel(staging / tail_file, 1).outputs]
         figures["graph"] = "the scorer's graph to its patch taps; the type tail graph for anomalous frames"
+    elif scorer_entry["params"].get("type_reads_last_tap"):
+        maps = [o for o in scorer_entry["outputs"] if len(o["shape"]) == 4]
+        outputs = maps[scorer_entry["params"]["patch_taps"] - 1 :]
+        figures["graph"] = "the scorer's graph: the head pools its last patch tap (no tail)"
     else:
         outputs = [o for o in scorer_entry["outputs"] if len(o["shape"]) == 4][scorer_entry["params"]["patch_taps"] :]
     entry = {
@@ -137,5 +141,6 @@ def type_head_entry(
 def _float_types(folder: Path, head: TypeHead, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The float head's types on the float model's features (float backbone, the training run's float bank)."""
     model = keras.models.load_model(folder / "model.keras", compile=False)
-    features = float_evidence(model, images, spec, folder.parent / read_calibration(folder)["scorer"])[0]
+    calibration = read_calibration(folder)
+    features = float_evidence(model, images, spec, folder.parent / calibration["scorer"])[0][calibration["deep_tap"]]
     return np.asarray(head.probabilities(features).argmax(axis=1))

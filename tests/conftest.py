@@ -55,12 +55,13 @@ def bottle_run(tmp_path_factory, bottle_config):
     from training.cli import main  # imported here: unit tests never load the training stack
     from training.config import load_train_config
     from training.data import load_dataset
-    from training.type_head import train_type_head
+    from training.type_head import DEEP_TAP, train_type_head
 
     run = tmp_path_factory.mktemp("bottle") / "run"
     assert main(["train", "--config", str(bottle_config), "--out", str(run), "--models", "patchcore,autoencoder"]) == 0
     splits = load_dataset(load_train_config(bottle_config).dataset)  # the defect types, as `train` fits them
-    assert train_type_head(splits, run / "patchcore", run / "type-head", folds=2) is not None
+    # stage 7 only, so that the session bundle carries a type tail (test_export covers the last-tap head)
+    assert train_type_head(splits, run / "patchcore", run / "type-head", folds=2, deep_taps=(DEEP_TAP,)) is not None
     return run
 
 

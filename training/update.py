@@ -102,7 +102,13 @@ class BankScorer:
         tail = self.tail if with_deep else None
         for image in images:
             patches, grid, _, deeper = backbone_patches(
-                self.model, image, self.spec, self.params.pool, self.params.patch_taps, tail
+                self.model,
+                image,
+                self.spec,
+                self.params.pool,
+                self.params.patch_taps,
+                tail,
+                with_deep and self.params.type_reads_last_tap,
             )
             out.append(patches.astype(np.float32))
             deep.append(deeper[0] if deeper else None)

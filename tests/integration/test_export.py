@@ -288,3 +288,34 @@ def test_type_head_reads_the_scorer_graph(bottle_run, bottle_bundle, datasets_ro
     (tmp_path / "renamed" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="classes"):
         Inspector(load_bundle(tmp_path / "renamed"))
+
+
+def test_a_type_head_on_the_last_patch_tap_runs_no_tail(bottle_run, bottle_config, datasets_root, tmp_path):
+    """A head whose deeper map is the scorer's last patch tap (tire's choice): no tail graph, no deeper output."""
+    from edge_agent.preprocess import read_image
+    from training.config import load_train_config
+    from training.data import load_dataset
+    from training.type_head import LAST_PATCH_TAP, train_type_head
+
+    run = tmp_path / "run"
+    shutil.copytree(bottle_run / "patchcore", run / "patchcore")
+    splits = load_dataset(load_train_config(bottle_config).dataset)
+    result = train_type_head(splits, run / "patchcore", run / "type-head", folds=2, deep_taps=(LAST_PATCH_TAP,))
+    assert result is not None and result["deep_tap"] == LAST_PATCH_TAP
+    assert list(result["deep_tap_candidates"]) == [LAST_PATCH_TAP] and result["macro_f1"] >= 0.6
+    out = tmp_path / "bundle"
+    assert export_main(["--config", str(bottle_config), "--run", str(run), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    scorer, entry = manifest["models"]["scorer"], manifest["models"]["classifier"]
+    assert scorer["params"]["type_reads_last_tap"] is True and scorer["params"].get("type_tail") is None
+    assert "type_tail.tflite" not in manifest["files"] and entry["kind"] == "type_head"
+    assert [o["shape"] for o in scorer["outputs"]] == [[1, 28, 28, 40], [1, 14, 14, 112]]
+    assert [o["shape"] for o in entry["outputs"]] == [[1, 14, 14, 112]]  # the head pools the last patch tap
+    inspector = Inspector(load_bundle(out))
+    assert inspector.scorer.tail is None
+    hits = 0
+    for path in sorted((datasets_root / "mvtec_ad/bottle/test").glob("*/00[0-3].png")):
+        found = inspector.inspect(read_image(path), classify_all=True)
+        assert found.type_probabilities is not None and found.type_probabilities.sum() == pytest.approx(1.0)
+        hits += found.defect_type == path.parent.name
+    assert hits >= 8  # of 12 defective images the head saw in training: a wiring check, not a figure

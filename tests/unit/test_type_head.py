@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_agent.type_head import SHAPE_FEATURES, TypeHead, type_features
-from training.type_head import cross_validate, fit_logistic
+from training.type_head import DEEP_TAP, DEEP_TIE, LAST_PATCH_TAP, choose_deep_tap, cross_validate, fit_logistic
 
 GRID = (20, 20)
 
@@ -94,3 +94,12 @@ def test_cross_validation_averages_repeated_splits():
     assert report["types_macro_f1"] == pytest.approx(np.mean([s["types_macro_f1"] for s in singles]))
     assert report["confusion_matrix"] == singles[0]["confusion_matrix"]
     assert len(set(report["macro_f1_per_repeat"])) > 1  # the seeds gave different splits
+
+
+def test_the_deeper_map_is_the_cheaper_one_unless_the_other_clearly_wins():
+    # bottle's and tire's figures (make bench-type-tail): stage 7 wins on bottle, the last patch tap on tire
+    assert choose_deep_tap({LAST_PATCH_TAP: 0.871, DEEP_TAP: 0.931}) == DEEP_TAP
+    assert choose_deep_tap({LAST_PATCH_TAP: 0.402, DEEP_TAP: 0.318}) == LAST_PATCH_TAP
+    # within the tie the cheaper map (no tail graph on the edge) is kept
+    assert choose_deep_tap({LAST_PATCH_TAP: 0.925, DEEP_TAP: 0.925 + DEEP_TIE / 2}) == LAST_PATCH_TAP
+    assert choose_deep_tap({DEEP_TAP: 0.5}) == DEEP_TAP
