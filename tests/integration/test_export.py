@@ -319,3 +319,12 @@ def test_a_type_head_on_the_last_patch_tap_runs_no_tail(bottle_run, bottle_confi
         assert found.type_probabilities is not None and found.type_probabilities.sum() == pytest.approx(1.0)
         hits += found.defect_type == path.parent.name
     assert hits >= 8  # of 12 defective images the head saw in training: a wiring check, not a figure
+    # the feedback update reads the same features: the last patch tap as the deeper map
+    from edge_agent.preprocess import prepare
+    from training.update import BankScorer
+
+    scorer = BankScorer(load_bundle(out))
+    paths = sorted((datasets_root / "mvtec_ad/bottle/test/broken_large").glob("00[0-2].png"))
+    patches, grid, deep = scorer.patches(np.stack([prepare(read_image(p), scorer.spec) for p in paths]), True)
+    features = scorer.type_features(patches, deep, grid, scorer.bank)
+    assert inspector.classifier is not None and features.shape == (3, inspector.classifier.input_width)
