@@ -37,8 +37,9 @@ REFINE_PROBE = 16
 #: 7.9 on 2, against 18.3 / 12.6 for 8 probes in one pass; image AUROC 0.9883 against 0.9878 (exact 0.9885).
 REFINE_SHARE = 1 / 16
 REFINE_MIN = 64
-#: A pass is split over threads only from this many query-row comparisons: below it, handing work to a second
-#: thread costs more than it saves (bottle's 2,848-row bank: 4.4 ms a frame on 2 threads against 4.0 on 1).
+#: A pass (and the whitening and centroid steps before it) is split over threads only from this many query-row
+#: comparisons: below it, handing work to a second thread costs more than it saves (bottle's 2,848-row bank: 4.4 ms
+#: a frame on 2 threads against 4.0 on 1; with the centroid step of its 53 cells also split, 5.22 ms against 4.52).
 MIN_THREADED_WORK = 200_000
 
 
@@ -113,7 +114,9 @@ class ClusteredIndex(ThreadedSearch):
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """L2 distance of each query row (in the patches' own space) to its nearest row in the probed cells."""
-        queries = self._map_threads(self._whiten, np.asarray(queries, np.float32))
+        queries = np.asarray(queries, np.float32)
+        if self.whitening is not None:
+            queries = self._map_threads(self._whiten, queries, len(self.whitening))
         d2 = self._pass(queries, self.probe)
         if self.refine_probe > self.probe:
             n_refine = min(len(d2), max(REFINE_MIN, round(REFINE_SHARE * len(d2))))
@@ -122,9 +125,10 @@ class ClusteredIndex(ThreadedSearch):
         distances: np.ndarray = np.sqrt(np.maximum(d2, 0.0))
         return distances
 
-    def _map_threads(self, fn: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """``fn`` over row shares, one per thread, concatenated."""
-        if self.threads == 1 or len(rows) < 32 * self.threads:
+    def _map_threads(self, fn: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, per_row: int) -> np.ndarray:
+        """``fn`` over row shares, one per thread, concatenated; on this thread alone below
+        :data:`MIN_THREADED_WORK` comparisons (``per_row`` a row)."""
+        if self.threads == 1 or len(rows) < 32 * self.threads or len(rows) * per_row < MIN_THREADED_WORK:
             return fn(rows)
         joined: np.ndarray = np.concatenate(self._run_shares(fn, np.array_split(rows, self.threads)))
         return joined
@@ -134,7 +138,9 @@ class ClusteredIndex(ThreadedSearch):
 
         The (query, cell) pairs are grouped by cell; with threads, each thread takes a contiguous run of cells of
         about equal work, so that every cell's rows are read once per pass whatever the number of threads."""
-        to_centroids = self._map_threads(lambda q: self.centroid_sq[None, :] - 2.0 * q @ self.centroids.T, queries)
+        to_centroids = self._map_threads(
+            lambda q: self.centroid_sq[None, :] - 2.0 * q @ self.centroids.T, queries, len(self.centroids)
+        )
         probed = _nearest_cells(to_centroids, probe).ravel()
         order = np.argsort(probed, kind="stable")  # (query, cell) pairs grouped by cell
         cells = probed[order]
