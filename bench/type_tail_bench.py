@@ -22,8 +22,7 @@ interleaved. Written to ``bench/results/type_tail.md``. Run with ``make bench-ty
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import cv2
 import keras
 import numpy as np
 
+from bench.graph_bench import measure
 from edge_agent.preprocess import normalise
 from edge_agent.runtime import TFLiteModel, limit_blas_threads
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score, patch_embedding
@@ -146,17 +146,11 @@ def tail_ms(tails: dict[str, tuple[keras.Model, list[np.ndarray], list[np.ndarra
     out: dict[str, list[float]] = {name: [] for name in tails}
     for threads in (1, 2):
         models = {name: TFLiteModel(graph, threads) for name, graph in graphs.items()}
-        times: dict[str, list[float]] = {name: [] for name in tails}
-        for r in range(ROUNDS + 1):
-            for i in range(TIMED_FRAMES):
-                for name, model in models.items():
-                    x = tails[name][2][i % len(tails[name][2])][None]
-                    started = time.perf_counter()
-                    model(x)
-                    if r:
-                        times[name].append(time.perf_counter() - started)
-        for name in tails:
-            out[name].append(statistics.median(times[name]) * 1e3)
+        calls: dict[str, Callable[[int], object]] = {
+            name: lambda i, m=model, x=tails[name][2]: m(x[i % len(x)][None]) for name, model in models.items()
+        }
+        for name, ms in measure(calls, TIMED_FRAMES, ROUNDS).items():
+            out[name].append(ms)
     return {name: (v[0], v[1]) for name, v in out.items()}
 
 
