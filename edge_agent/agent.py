@@ -137,6 +137,7 @@ class Agent:
                 self.cfg.agent.min_free_mb,
                 clock=self.store.now,
                 on_stage=self._stage_observer(cam.id),
+                on_outbox=self.delivery.wake,
             )
             for i in inspectors
         ]
@@ -196,7 +197,6 @@ class Agent:
         self.registry.latency.labels(camera=verdict.camera).observe(verdict.latency_ms / 1000.0)
         if verdict.anomalous:
             self.registry.anomalies.labels(camera=verdict.camera).inc()
-        self.delivery.wake()
         if self.on_verdict is not None:
             self.on_verdict(verdict)
 

@@ -178,6 +178,7 @@ class CameraPipeline:
         *,
         clock: Callable[[], datetime] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self.camera, self.store, self.outputs = camera, store, outputs
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -185,6 +186,7 @@ class CameraPipeline:
         self.data_dir = data_dir
         self.space = FreeSpaceGuard(data_dir, min_free_mb)
         self.on_verdict = on_verdict
+        self.on_outbox = on_outbox or (lambda: None)
         self.active = ActiveModel.of(inspector, camera)
         self.lock = threading.Lock()
 
@@ -228,8 +230,11 @@ class CameraPipeline:
             agent=self.outputs.agent,
         )
         stored = time.perf_counter()
-        _, created = self.store.record(verdict, self.outputs.messages(verdict))  # type: ignore[attr-defined]
+        messages = self.outputs.messages(verdict)
+        _, created = self.store.record(verdict, messages)  # type: ignore[attr-defined]
         self.on_stage("store", time.perf_counter() - stored)
+        if created and messages:
+            self.on_outbox()  # wakes delivery; a verdict without outbox rows (a normal frame) leaves it asleep
         if created and self.on_verdict is not None:
             self.on_verdict(verdict)
         return verdict if created else None
