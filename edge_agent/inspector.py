@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import cv2
 import numpy as np
 
 from edge_agent.bundle import Bundle, ModelEntry
@@ -82,12 +83,20 @@ def _params(entry: ModelEntry, kind: type[ParamsT]) -> ParamsT:
     return entry.params
 
 
+def graph_input(model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The graph's input (1, H, W, C) for one prepared uint8 image: the shared :func:`normalise`, quantised to the
+    input tensor, looked up per pixel value in the model's 256-entry table (the same numbers, no float32 copy)."""
+    table = model.input_table((spec.offset, spec.scale), partial(normalise, spec=spec))
+    looked_up: np.ndarray = cv2.LUT(np.ascontiguousarray(prepared), table).reshape(1, *prepared.shape)
+    return looked_up
+
+
 def backbone_maps(
     model: TFLiteModel, prepared: np.ndarray, spec: PreprocessSpec
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
     """One prepared image through a PatchCore graph: its feature maps (finest first) and the 2-D head output of a
     classifier sharing the graph (None without one)."""
-    outputs = model(normalise(prepared[None], spec))
+    outputs = model.run(graph_input(model, prepared, spec))
     return [o[0] for o in outputs if o.ndim == 4], next((o[0] for o in outputs if o.ndim == 2), None)
 
 
@@ -254,7 +263,7 @@ class DefectClassifier:
             raw = self.type_head.probabilities(head) if self.type_head is not None else head
         else:
             image = prepared if prepared is not None else prepare(image_rgb, self.entry.preprocess)
-            raw = self.model(normalise(image[None], self.entry.preprocess))[0][0]
+            raw = self.model.run(graph_input(self.model, image, self.entry.preprocess))[0][0]
         probs = np.clip(np.asarray(raw, np.float64), 0.0, None)
         normalised: np.ndarray = probs / max(probs.sum(), 1e-12)
         return normalised

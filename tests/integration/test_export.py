@@ -328,3 +328,28 @@ def test_a_type_head_on_the_last_patch_tap_runs_no_tail(bottle_run, bottle_confi
     patches, grid, deep = scorer.patches(np.stack([prepare(read_image(p), scorer.spec) for p in paths]), True)
     features = scorer.type_features(patches, deep, grid, scorer.bank)
     assert inspector.classifier is not None and features.shape == (3, inspector.classifier.input_width)
+
+
+def test_the_input_table_gives_the_float_path_s_tensor_and_outputs(bottle_bundle, datasets_root):
+    """The agent feeds the int8 graph through a 256-entry table of the shared normalisation; the tensor and the
+    feature maps must be those of normalising in float32 and quantising, for real frames and every pixel value."""
+    from edge_agent.inspector import graph_input
+    from edge_agent.preprocess import normalise, prepare, read_image
+
+    inspector = Inspector(load_bundle(bottle_bundle), threads=1)
+    scorer = inspector.scorer
+    model, spec = scorer.model, scorer.entry.preprocess
+    assert model.input.quantised
+    every_value = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    frames = [
+        read_image(datasets_root / f"mvtec_ad/bottle/test/{name}") for name in ("good/000.png", "broken_small/000.png")
+    ]
+    for prepared in [every_value, *(prepare(frame, spec) for frame in frames)]:
+        looked_up = graph_input(model, prepared, spec)
+        assert looked_up.dtype == np.int8 and looked_up.shape == (1, *prepared.shape)
+        np.testing.assert_array_equal(looked_up, model.quantise_input(normalise(prepared[None], spec)))
+    prepared = prepare(frames[1], spec)
+    for table_out, float_out in zip(
+        model.run(graph_input(model, prepared, spec)), model(normalise(prepared[None], spec)), strict=True
+    ):
+        np.testing.assert_array_equal(table_out, float_out)
