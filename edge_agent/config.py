@@ -75,6 +75,12 @@ class CameraConfig(StrictModel):
     threshold: float | None = Field(default=None, description="override the bundle's fitted image threshold")
     save_heatmaps: Literal["anomalous", "all", "none"] = Field(default="anomalous", description="heatmaps to save")
     heatmap_format: Literal["jpg", "png"] = Field(default="jpg", description="jpg: ~5x smaller and faster to write")
+    heatmap_max_side: int = Field(
+        default=1024,
+        ge=64,
+        description="longest side of a saved heatmap: larger frames are shrunk before the overlay is drawn (the "
+        "anomaly map is far coarser; the original is kept at full size)",
+    )
     classify_all: bool = Field(default=False, description="run the defect-type classifier on normal frames too")
     workers: int = Field(
         default=1, ge=1, le=8, description="scoring threads, each with its own interpreters (2 = a frame per core)"

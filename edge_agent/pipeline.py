@@ -255,7 +255,9 @@ class CameraPipeline:
     def _save_heatmap(
         self, frame: Frame, image: np.ndarray, result: InspectionResult, inspector: Inspector
     ) -> str | None:
-        overlay = calibrated_heatmap(image, result.anomaly_map, inspector.calibration)
+        overlay = calibrated_heatmap(
+            shrunk(image, self.camera.heatmap_max_side), result.anomaly_map, inspector.calibration
+        )
         fmt = self.camera.heatmap_format
         path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{fmt}"
         params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -288,6 +290,17 @@ class CameraPipeline:
             log.error("camera=%s frame=%s original not kept (%s)", frame.camera, frame.frame_id, err)
             return None
         return str(target)
+
+
+def shrunk(image: np.ndarray, max_side: int) -> np.ndarray:
+    """The image scaled down (area averaging) so that its longest side is at most ``max_side``; else itself."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small: np.ndarray = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return small
 
 
 def _date_file(path: Path, frame: Frame) -> None:
