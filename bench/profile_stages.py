@@ -73,20 +73,21 @@ def _graph_label(model: TFLiteModel, *_: Any) -> str:
     if model.input.shape[-1] != 3:
         return "type tail graph (int8, frames whose type is asked for)"
     feature_maps = any(len(t.shape) == 4 for t in model.outputs)
-    return "backbone graph (int8, quantise/dequantise included)" if feature_maps else "classifier graph (int8)"
+    return "backbone graph (int8, outputs dequantised)" if feature_maps else "classifier graph (int8)"
 
 
 def instrument(clock: StageClock) -> None:
     """Wrap the stage functions where the pipeline looks them up."""
     for module, name, label in [
         (inspector_module, "prepare", "resize + colour (shared pre-processing)"),
+        (inspector_module, "graph_input", "graph input (normalise + quantise, one table lookup)"),
         (inspector_module, "patch_embedding", "patch embedding (pool, concat)"),
         (inspector_module, "distance_map", "distance map (upsample, blur)"),
         (pipeline_module, "calibrated_heatmap", "heatmap render"),
     ]:
         setattr(module, name, clock.timed(label, getattr(module, name)))
     for cls, name, label in [
-        (TFLiteModel, "__call__", _graph_label),
+        (TFLiteModel, "run", _graph_label),
         (ThreadedSearch, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (ClusteredIndex, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (DefectClassifier, "probabilities", "type features + classifier softmax"),
@@ -94,7 +95,7 @@ def instrument(clock: StageClock) -> None:
         (CameraPipeline, "_keep_original", "original copy"),
         (Store, "record", "SQLite: verdict + outbox rows (one transaction)"),
         (Store, "has_verdict", "SQLite: already-scored check"),
-        (CameraPipeline, "process", "rest of the pipeline (verdict, outbox rows, quantise I/O, ...)"),
+        (CameraPipeline, "process", "rest of the pipeline (verdict, outbox rows, ...)"),
     ]:
         setattr(cls, name, clock.timed(label, getattr(cls, name)))
 
