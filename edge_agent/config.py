@@ -45,7 +45,13 @@ class FolderSourceConfig(StrictModel):
     after: Literal["keep", "move", "delete"] = Field(default="move", description="what to do with a scored file")
     done_dir: Path | None = Field(default=None, description="where 'move' puts scored files (default <path>/done)")
     quarantine_dir: Path | None = Field(default=None, description="unreadable files (default <path>/quarantine)")
-    stable_seconds: float = Field(default=0.5, ge=0.0, description="size must be unchanged this long before reading")
+    stable_seconds: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="size must be unchanged this long before reading (a file closed after writing is read at once); "
+        "0 reads a file as soon as it is seen, which is safe only for cameras that write elsewhere and rename "
+        "into the folder: a file caught half-written is quarantined",
+    )
     poll_seconds: float = Field(default=1.0, gt=0.0, description="rescan interval besides filesystem events")
     max_pending: int = Field(default=256, ge=1, description="back-pressure: files queued before pausing intake")
 
