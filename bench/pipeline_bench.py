@@ -185,6 +185,11 @@ def measurements(
     bundle: Path, paths: list[Path], good: list[Path], repeats: int, good_repeats: int, port: int, s3_url: str
 ) -> list[Measurement]:
     """Every row of the table: (name, run, name of the scoring-alone row it is compared with)."""
+
+    def folder(name: str, files: list[Path], passes: int, workers: int, s3: str | None, base: str) -> Measurement:
+        return (name, lambda: folder_run(bundle, files, passes, port, s3, workers=workers), base)
+
+    dropped = "files dropped at once"
     rows: list[Measurement] = [
         (ALONE_1, lambda: scoring_alone(bundle, paths, repeats), ALONE_1),
         (ALONE_2, lambda: scoring_alone(bundle, paths, repeats, workers=2), ALONE_2),
@@ -198,38 +203,37 @@ def measurements(
             lambda: replay(bundle, paths, repeats, port, s3_url),
             ALONE_1,
         ),
-        (
-            "folder camera, workers 1 (the default): files dropped at once, MQTT (S3 off), until all stored",
-            lambda: folder_run(bundle, paths, repeats, port, None, workers=1),
+        folder(
+            f"folder camera, workers 1 (the default): {dropped}, MQTT (S3 off), until all stored",
+            paths,
+            repeats,
+            1,
+            None,
             ALONE_1,
         ),
-        (
-            "folder camera, workers 1: files dropped at once, MQTT + S3, until all stored",
-            lambda: folder_run(bundle, paths, repeats, port, s3_url, workers=1),
-            ALONE_1,
+        folder(f"folder camera, workers 1: {dropped}, MQTT + S3, until all stored", paths, repeats, 1, s3_url, ALONE_1),
+        folder(
+            f"folder camera, workers 2: {dropped}, MQTT (S3 off), until all stored", paths, repeats, 2, None, ALONE_2
         ),
-        (
-            "folder camera, workers 2: files dropped at once, MQTT (S3 off), until all stored",
-            lambda: folder_run(bundle, paths, repeats, port, None, workers=2),
-            ALONE_2,
-        ),
-        (
-            "folder camera, workers 2: files dropped at once, MQTT + S3, until all stored",
-            lambda: folder_run(bundle, paths, repeats, port, s3_url, workers=2),
-            ALONE_2,
-        ),
+        folder(f"folder camera, workers 2: {dropped}, MQTT + S3, until all stored", paths, repeats, 2, s3_url, ALONE_2),
     ]
     if good_repeats and good:
         rows += [
             (GOOD_ALONE, lambda: scoring_alone(bundle, good, good_repeats, workers=2), GOOD_ALONE),
-            (
+            folder(
                 "good parts only: folder camera, workers 2, MQTT (S3 off), until all stored",
-                lambda: folder_run(bundle, good, good_repeats, port, None, workers=2),
+                good,
+                good_repeats,
+                2,
+                None,
                 GOOD_ALONE,
             ),
-            (
+            folder(
                 "good parts only: folder camera, workers 2, MQTT + S3, until all stored",
-                lambda: folder_run(bundle, good, good_repeats, port, s3_url, workers=2),
+                good,
+                good_repeats,
+                2,
+                s3_url,
                 GOOD_ALONE,
             ),
         ]

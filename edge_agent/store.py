@@ -75,6 +75,7 @@ _VERDICT_OF_FRAME = (
     .where(_VERDICTS.c.camera == bindparam("camera"), _VERDICTS.c.frame_id == bindparam("frame_id"))
     .limit(1)
 )
+_VERDICT_OF_AGENT_FRAME = _VERDICT_OF_FRAME.where(_VERDICTS.c.agent == bindparam("agent"))
 _OUTBOX = _OUTBOX_TABLE.c
 _WAITING = (
     select(func.min(_OUTBOX.id))
@@ -88,21 +89,12 @@ _PENDING = (
     .where(_OUTBOX.next_attempt_at <= bindparam("now"))
     .where(_WAITING.is_(None) | (_OUTBOX.id < _WAITING))
     .order_by(_OUTBOX.id)
-    .limit(bindparam("limit", literal_execute=False))
+    .limit(bindparam("limit"))
 )
 _DELIVERED = (
     update(_OUTBOX_TABLE)
     .where(_OUTBOX.id == bindparam("item_id"))
     .values(status="delivered", delivered_at=bindparam("at"), last_error=None)
-)
-_VERDICT_OF_AGENT_FRAME = (
-    select(_VERDICTS.c.id)
-    .where(
-        _VERDICTS.c.camera == bindparam("camera"),
-        _VERDICTS.c.frame_id == bindparam("frame_id"),
-        _VERDICTS.c.agent == bindparam("agent"),
-    )
-    .limit(1)
 )
 
 
