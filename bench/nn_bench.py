@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`make bench-nn`: bundle `{args.bundle}` ({bundle.version}), bank {len(bank)} x {bank.shape[1]}, "
         f"{entry.preprocess.size} px, {len(patches)} query patches a frame, {len(samples)} test images of "
-        f"`{args.config}`; clustered: {len(clustered.cells_t)} k-means cells (built in {build_seconds:.2f} s), "
+        f"`{args.config}`; clustered: {len(clustered.cells_aug)} k-means cells (built in {build_seconds:.2f} s), "
         f"the agent's search probes {clustered.probe} for every patch, then {clustered.refine_probe} for the "
         f"{REFINE_SHARE:.4g} of a frame's patches with the largest distances (at least {REFINE_MIN}); the one-pass "
         "search probes 8 for every patch (the earlier default). Median over frames, interleaved frame by frame.",

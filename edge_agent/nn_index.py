@@ -103,25 +103,31 @@ class ClusteredIndex(ThreadedSearch):
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         n_cells = max(1, round(np.sqrt(len(bank))))
         self.centroids, cell_of = kmeans(bank, n_cells, seed=seed)
-        self.centroid_sq = (self.centroids**2).sum(axis=1)
         self.probe = min(probe, n_cells)
         self.refine_probe = min(refine_probe, n_cells)
         order = np.argsort(cell_of, kind="stable")
         cells = [bank[order[cell_of[order] == c]] for c in range(n_cells)]
-        self.cells_t = [np.ascontiguousarray(-2.0 * rows.T) for rows in cells]  # -2 x rows: one op less per cell
-        self.cells_sq = [(rows**2).sum(axis=1) for rows in cells]
+        # Queries carry a trailing 1, so one product gives |row|^2 - 2 query.row for every row of a cell:
+        # [-2 rows^T ; |rows|^2] (D + 1, rows), and the same for the centroids.
+        self.centroids_aug = _augmented(self.centroids)
+        self.cells_aug = [_augmented(rows) for rows in cells]
         self.threads = max(1, threads)
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """L2 distance of each query row (in the patches' own space) to its nearest row in the probed cells."""
         queries = np.asarray(queries, np.float32)
+        augmented = np.empty((len(queries), queries.shape[1] + 1), np.float32)
         if self.whitening is not None:
-            queries = self._map_threads(self._whiten, queries, len(self.whitening))
-        d2 = self._pass(queries, self.probe)
+            augmented[:, :-1] = self._map_threads(self._whiten, queries, len(self.whitening))
+        else:
+            augmented[:, :-1] = queries
+        augmented[:, -1] = 1.0
+        squared = np.einsum("ij,ij->i", augmented[:, :-1], augmented[:, :-1])
+        d2 = self._pass(augmented, self.probe) + squared
         if self.refine_probe > self.probe:
             n_refine = min(len(d2), max(REFINE_MIN, round(REFINE_SHARE * len(d2))))
             top = np.argpartition(d2, len(d2) - n_refine)[len(d2) - n_refine :]
-            d2[top] = np.minimum(d2[top], self._pass(queries[top], self.refine_probe))
+            d2[top] = np.minimum(d2[top], self._pass(augmented[top], self.refine_probe) + squared[top])
         distances: np.ndarray = np.sqrt(np.maximum(d2, 0.0))
         return distances
 
@@ -133,32 +139,30 @@ class ClusteredIndex(ThreadedSearch):
         joined: np.ndarray = np.concatenate(self._run_shares(fn, np.array_split(rows, self.threads)))
         return joined
 
-    def _pass(self, queries: np.ndarray, probe: int) -> np.ndarray:
-        """Squared distance of each (whitened) query to its nearest row in its ``probe`` nearest cells.
+    def _pass(self, augmented: np.ndarray, probe: int) -> np.ndarray:
+        """|row|^2 - 2 query.row for each (whitened, augmented) query's nearest row in its ``probe`` nearest cells:
+        its squared distance less |query|^2.
 
         The (query, cell) pairs are grouped by cell; with threads, each thread takes a contiguous run of cells of
         about equal work, so that every cell's rows are read once per pass whatever the number of threads."""
-        to_centroids = self._map_threads(
-            lambda q: self.centroid_sq[None, :] - 2.0 * q @ self.centroids.T, queries, len(self.centroids)
-        )
+        to_centroids = self._map_threads(lambda q: q @ self.centroids_aug, augmented, len(self.centroids))
         probed = _nearest_cells(to_centroids, probe).ravel()
         order = np.argsort(probed, kind="stable")  # (query, cell) pairs grouped by cell
         cells = probed[order]
-        grouped = queries[order // probe]  # one gather; each cell then reads a contiguous slice
+        grouped = np.take(augmented, order // probe, axis=0)  # one gather; each cell then reads a contiguous slice
         nearest = np.empty(len(order), np.float32)
-        bounds = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1], True])
-        runs = [(int(a), int(b), int(cells[a])) for a, b in pairwise(bounds)]
+        bounds = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1], True]).tolist()
+        runs = [(a, b, int(cells[a])) for a, b in pairwise(bounds)]
 
         def scan(part: list[tuple[int, int, int]]) -> None:
             for start, stop, cell in part:
-                if self.cells_t[cell].shape[1] == 0:
+                rows = self.cells_aug[cell]
+                if rows.shape[1] == 0:
                     nearest[start:stop] = np.inf
-                    continue
-                d2 = grouped[start:stop] @ self.cells_t[cell]
-                d2 += self.cells_sq[cell][None, :]
-                nearest[start:stop] = d2.min(axis=1)
+                else:
+                    np.min(grouped[start:stop] @ rows, axis=1, out=nearest[start:stop])
 
-        work = np.cumsum([(b - a) * self.cells_t[c].shape[1] for a, b, c in runs])
+        work = np.cumsum([(b - a) * self.cells_aug[c].shape[1] for a, b, c in runs])
         if self.threads == 1 or len(runs) < 2 * self.threads or work[-1] < MIN_THREADED_WORK:
             scan(runs)
         else:
@@ -166,5 +170,13 @@ class ClusteredIndex(ThreadedSearch):
             self._run_shares(scan, [runs[a:b] for a, b in pairwise([0, *cuts, len(runs)])])
         best = np.empty(len(order), np.float32)
         best[order] = nearest  # back to (query, probe) order
-        result: np.ndarray = best.reshape(len(queries), probe).min(axis=1) + np.einsum("ij,ij->i", queries, queries)
+        result: np.ndarray = best.reshape(len(augmented), probe).min(axis=1)
         return result
+
+
+def _augmented(rows: np.ndarray) -> np.ndarray:
+    """[-2 rows^T ; |rows|^2]: (D + 1, N) float32, for queries with a trailing 1."""
+    augmented = np.empty((rows.shape[1] + 1, len(rows)), np.float32)
+    augmented[:-1] = -2.0 * rows.T
+    augmented[-1] = (rows.astype(np.float32) ** 2).sum(axis=1)
+    return augmented

@@ -29,12 +29,12 @@ def test_clustered_distances_are_never_below_exact_and_mostly_equal():
     exact = NearestNeighbourIndex(bank).distances(queries)
     index = ClusteredIndex(bank, threads=1, refine_probe=0)  # one pass
     approx = index.distances(queries)
-    assert len(index.cells_t) == round(np.sqrt(len(bank))) and sum(c.shape[1] for c in index.cells_t) == len(bank)
+    assert len(index.cells_aug) == round(np.sqrt(len(bank))) and sum(c.shape[1] for c in index.cells_aug) == len(bank)
     assert np.all(approx >= exact - 1e-3)  # a minimum over a subset of the bank
     share = np.mean(np.isclose(approx, exact, rtol=1e-5, atol=1e-5))
     wider = ClusteredIndex(bank, probe=8, refine_probe=0).distances(queries)
     assert np.mean(np.isclose(wider, exact, rtol=1e-5, atol=1e-5)) >= max(0.95, share)  # more cells, nearer exact
-    assert ClusteredIndex(bank, probe=len(index.cells_t)).distances(queries) == pytest.approx(
+    assert ClusteredIndex(bank, probe=len(index.cells_aug)).distances(queries) == pytest.approx(
         exact, rel=1e-4, abs=1e-4
     )  # probing every cell is the exact search
 
