@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import describe_cpu
 from edge_agent.bundle import load_bundle
 from edge_agent.inspector import Inspector
 from edge_agent.manifest import PatchCoreParams
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Bundle {bundle.name} {bundle.version} ({spec.size} px, {variant}, patch taps to stride {deepest}); bare: "
         f"{variant} with ImageNet weights to stride {deepest}, one output, int8 from {len(calibration)} training "
         f"images; {len(inputs)} {splits.name} test frames x {args.rounds} rounds, "
-        "interleaved; medians. Command: `make bench-graph`.",
+        f"interleaved; medians. Machine: {describe_cpu()}. Command: `make bench-graph`.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import describe_cpu
 from bench.services import mosquitto, moto_server
 from edge_agent.agent import Agent
 from edge_agent.bundle import load_bundle
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nBundle {bundle.name} {bundle.version}; {len(paths)} bottle test images (512x512 PNG) x {args.repeats} "
         f"a round ({len(good)} good images x {args.good_repeats} for the good-parts rows), {args.rounds} rounds with "
         "the rows interleaved; frames/s, p50 and p99 are medians over the rounds, the ratio the median of each round's "
-        f"ratio to its scoring-alone row. {os.cpu_count()} CPU cores; outbox left after the last round: "
+        f"ratio to its scoring-alone row. {describe_cpu()}; outbox left after the last round: "
         f"{replayed['left_in_outbox']} (MQTT), {replayed_s3['left_in_outbox']} (MQTT+S3), drained "
         f"{replayed_s3['drain_after_s']:.1f} s after the last frame. "
         "Latency: per frame of the whole pipeline for replay rows, of scoring (Inspector) for the folder rows. "

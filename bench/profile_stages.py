@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.machine import describe_cpu
 from bench.pipeline_bench import _config
 from bench.services import mosquitto
 from edge_agent import inspector as inspector_module
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + (
         f"\n\n{frames} frames ({len(paths)} bottle test images, 512x512 PNG, x {args.repeats}); each stage's own "
         "time (nested stages taken out); CPU is process CPU, so graph calls count both interpreter threads. "
-        f"{os.cpu_count()} CPU cores. Command: `make bench-pipeline`.\n"
+        f"{describe_cpu()}. Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline_stages.md").write_text(text, encoding="utf-8")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.machine import describe_cpu
 from bench.peer import contenders, measure, peer_models, report, weights
 from bench.peer.data import load_test_split, read_rgb, timing_frames, train_count
 
@@ -60,12 +61,8 @@ def environment() -> dict[str, Any]:
     import timm
     import torch
 
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
-        platform.processor(),
-    )
     return {
-        "cpu": cpu,
+        "cpu": describe_cpu(),
         "cores": os.cpu_count(),
         "python": f"Python {platform.python_version()}",
         "anomalib": anomalib.__version__,

@@ -87,7 +87,7 @@ def paragraph(result: dict[str, Any]) -> str:
     w, lw = result["weights_check"], result["linewatch_bundle"]
     bank_note = "scaled down for --quick" if s.get("quick") else "the bundle's bank_size"
     text = [
-        f"Machine: {env['cpu']}, {env['cores']} cores, {env['python']}; anomalib {env['anomalib']}, torch "
+        f"Machine: {env['cpu']}, {env['python']}; anomalib {env['anomalib']}, torch "
         f"{env['torch']} (run on the CPU), onnxruntime {env['onnxruntime']}, openvino {env['openvino']}, timm "
         f"{env['timm']}, nncf {env['nncf']}. Command: `{s['command']}` (in `.venv-peer`).",
         f"Data: MVTec AD bottle as stored here (512x512 PNG). Quality: {s['quality_images']} test images "
