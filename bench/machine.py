@@ -22,7 +22,7 @@ _FLAGS = (
 
 
 def describe_cpu(cpuinfo: str | None = None) -> str:
-    """E.g. "AMD EPYC, 2 cores, AVX2 (no int8 dot-product instructions)", from /proc/cpuinfo where there is one."""
+    """E.g. "AMD EPYC, 2 cores, AVX2, no int8 dot-product instructions", from /proc/cpuinfo where there is one."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text(encoding="utf-8") if path.is_file() else ""
