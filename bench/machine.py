@@ -1,7 +1,7 @@
 """What a benchmark ran on: the CPU's name, cores and the vector instructions that set int8 and float32 speed.
 
 The same model name ("AMD EPYC") has been lent here both with AVX-512 VNNI and with AVX2 only, and the int8 graph
-runs about 3x slower on the second (``bench/results/graph.md``), so every results file says which one it was.
+runs about 2.5-3x slower on the second (``bench/results/graph.md``), so every results file says which one it was.
 """
 
 from __future__ import annotations

@@ -175,8 +175,8 @@ class ClusteredIndex(ThreadedSearch):
 
 
 def _augmented(rows: np.ndarray) -> np.ndarray:
-    """[-2 rows^T ; |rows|^2]: (D + 1, N) float32, for queries with a trailing 1."""
+    """[-2 rows^T ; |rows|^2]: (D + 1, N) float32 from float32 rows, for queries with a trailing 1."""
     augmented = np.empty((rows.shape[1] + 1, len(rows)), np.float32)
     augmented[:-1] = -2.0 * rows.T
-    augmented[-1] = (rows.astype(np.float32) ** 2).sum(axis=1)
+    augmented[-1] = np.einsum("ij,ij->i", rows, rows)
     return augmented
