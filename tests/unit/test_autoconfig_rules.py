@@ -65,3 +65,28 @@ def test_at_a_tie_in_cost_and_objective_the_averaged_score_wins_over_the_maximum
     assert choose([peak, mean]) is mean
     assert choose([_candidate(image=0.995), mean]).score_top_fraction is None  # better by more than the tie
     assert choose([_candidate(size=320, image=0.991, top=0.01), _candidate(image=0.990)]).size == 224  # cost first
+
+
+def test_sizes_stop_at_the_first_that_covers_the_images_detail():
+    from training.autoconfig import _sizes_with_detail
+
+    assert _sizes_with_detail((224, 320, 448), 512) == [224, 320, 448]  # bottle, casting: 512 px
+    assert _sizes_with_detail((224, 320, 448), 300) == [224, 320]  # tire: 448 would only upsample
+    assert _sizes_with_detail((224, 320, 448), 64) == [224]  # small fixtures: the smallest size only
+
+
+def test_a_finer_size_is_adopted_only_when_it_beats_the_first_stage_by_more_than_the_tie():
+    from types import SimpleNamespace
+
+    from training.autoconfig import choose_with_finer
+
+    first = [_candidate(size=320, image=0.990), _candidate(size=224, image=0.980)]
+    coarse_again = _candidate(size=320, image=0.985)  # the first stage's setting, judged on the finer stage's set
+    tied = _candidate(size=448, image=0.986)
+    search = SimpleNamespace(candidates=first, finer_candidates=[coarse_again, tied])
+    assert choose_with_finer(search) is first[0]  # within the tie: the cheaper first-stage choice stays
+    better = _candidate(size=448, image=0.995)
+    search.finer_candidates = [coarse_again, better]
+    assert choose_with_finer(search) is better
+    search.finer_candidates = []  # not tried (fixed size, no detail, or over budget)
+    assert choose_with_finer(search) is first[0]

@@ -114,3 +114,18 @@ def test_augmentation_respects_config(fixture_images):
     varied = augment_batch(batch, AugmentConfig(rotate_deg=20, zoom=0.1, brightness=0.1, contrast=0.1), rng)
     assert varied.shape == batch.shape and varied.dtype == np.uint8
     assert len({out.tobytes() for out in varied}) == 8
+
+
+def test_native_side_is_the_median_shorter_side_of_readable_images(tmp_path):
+    import cv2
+
+    from training.data import Sample, native_side
+
+    paths = []
+    for i, (h, w) in enumerate([(300, 400), (310, 400), (512, 512)]):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), np.zeros((h, w, 3), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    samples = [Sample(p, 0, "good") for p in [tmp_path / "bad.png", *paths]]
+    assert native_side(samples) == 310  # the unreadable file is left out
+    assert native_side([Sample(tmp_path / "bad.png", 0, "good")]) == 0
