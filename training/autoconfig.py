@@ -276,7 +276,7 @@ class SettingsSearch:
             held_out = np.concatenate([self.normals, self.defects])
             self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
         at_size = self.features[key]
-        found = self._evaluate(at_size, at_size.held, self.masks, backbone, size, turns, spaces, self.ratios)
+        found = self._evaluate(at_size, at_size.held, self.masks, backbone, size, turns, spaces)
         for candidate, scores in found:
             self.candidates.append(candidate)
             self.image_scores.append(scores)
@@ -292,7 +292,6 @@ class SettingsSearch:
         size: int,
         turns: tuple[int, ...],
         spaces: Sequence[bool],
-        ratios: Sequence[float],
     ) -> list[tuple[Candidate, np.ndarray]]:
         """Candidates of one geometry on held-out embeddings ``held`` (normals first, then defects with
         ``masks``), with the image scores of each."""
@@ -300,7 +299,7 @@ class SettingsSearch:
         n_normal = len(held) - len(masks)
         labels = np.r_[np.zeros(n_normal), np.ones(len(masks))]
         found = []
-        for whiten, ratio in itertools.product(spaces, ratios):
+        for whiten, ratio in itertools.product(spaces, self.ratios):
             bank = at_size.bank(turns, ratio, self.ratios[-1], whiten)
             index = NearestNeighbourIndex(bank, threads=2, whitening=at_size.whitening if whiten else None)
             distances = np.stack([index.distances(p) for p in held])
@@ -332,10 +331,9 @@ class SettingsSearch:
             lead.size,
             turns,
             spaces,
-            self.ratios,
         )
         at_size = _SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
-        found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces, self.ratios)
+        found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces)
         self.finer_candidates = [candidate for candidate, _ in found]
         log.info("search: %s, finer size %d done at %.0f s", lead.backbone, size, self.elapsed())
 
@@ -368,7 +366,7 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
     for backbone in _available_backbones(pc)[1:]:
         search.geometry(backbone, lead.size, lead.bank_rotations, first_space)
     lead = max(search.candidates, key=lambda c: c.objective)
-    if "size" not in pc.model_fields_set:
+    if FINER_SIZES and "size" not in pc.model_fields_set:
         native = native_side(splits.validation)
         finer = [s for s in _sizes_with_detail((*search.sizes, *FINER_SIZES), native) if s > max(search.sizes)]
         if finer:
