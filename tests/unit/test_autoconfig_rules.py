@@ -90,3 +90,16 @@ def test_a_finer_size_is_adopted_only_when_it_beats_the_first_stage_by_more_than
     assert choose_with_finer(search) is better
     search.finer_candidates = []  # not tried (fixed size, no detail, or over budget)
     assert choose_with_finer(search) is first[0]
+
+
+def test_the_finer_stage_compares_the_first_choice_at_each_size_and_nothing_else():
+    from training.autoconfig import at_settings_of
+
+    lead = _candidate(size=320, top=0.01, whiten=True)
+    finer = [
+        _candidate(size=448, top=None, whiten=True, image=0.999),  # a better objective with another score rule
+        _candidate(size=448, top=0.01, whiten=True, image=0.995),
+        _candidate(size=320, top=0.01, whiten=True, image=0.990),
+        _candidate(size=448, top=0.01, whiten=True, ratio=0.02),
+    ]
+    assert at_settings_of(lead, finer) == finer[1:3]
