@@ -115,14 +115,15 @@ def test_rows(name: str) -> list[str]:
 
 def search_rows(name: str) -> list[str]:
     """One table row per scale: the search's objective at its chosen geometry, scale cross-fitted on normals."""
-    from training.autoconfig import PIXEL_WEIGHT, SettingsSearch, _evaluate_grids, _shrink_masks, _SizeFeatures
+    from training.autoconfig import PIXEL_WEIGHT, SettingsSearch, _evaluate_grids, _shrink_masks
+    from training.search_features import SizeFeatures
 
     cfg = load_train_config(f"configs/datasets/{name}.yaml")
     chosen = json.loads((Path("runs/auto") / name / "patchcore" / "autoconfig.json").read_text())["chosen"]
     search = SettingsSearch(cfg, load_dataset(cfg.dataset), 900.0)
     size, whiten = chosen["size"], chosen["whiten"]
     held = np.concatenate([search.normals, search.defects])
-    features = _SizeFeatures(search.pc, chosen["backbone"], size, search.train, held, search.seed)
+    features = SizeFeatures(search.pc, chosen["backbone"], size, search.train, held, search.seed)
     ratio = chosen["coreset_ratio"]
     bank = features.bank(tuple(chosen["bank_rotations"]), ratio, ratio, whiten)
     index = NearestNeighbourIndex(bank, threads=2, whitening=features.whitening if whiten else None)

@@ -27,7 +27,8 @@ from edge_agent.preprocess import PreprocessSpec
 from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
 from training import metrics
 from training.config import PatchCoreConfig, TrainConfig
-from training.data import DatasetSplits, Sample, load_images, native_side
+from training.data import DatasetSplits, load_images, native_side
+from training.search_features import SizeFeatures, shrink
 from training.synthetic import make_defects
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,6 @@ def _options(pc: PatchCoreConfig, field: str, default: Sequence[Any]) -> list[An
     return list(default)
 
 
-def _shrink(images: np.ndarray, size: int) -> np.ndarray:
-    """Images (N, S, S, C) resized to size x size (area interpolation)."""
-    if images.shape[1] == size:
-        return images
-    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
-
-
 def _shrink_masks(masks: np.ndarray, size: int) -> np.ndarray:
     if masks.shape[1] == size:
         return masks
@@ -134,11 +128,6 @@ def _sizes_with_detail(sizes: Sequence[int], native: int) -> list[int]:
     return kept
 
 
-def _bank_rows(ratio: float, n_patches: int, max_bank: int) -> int:
-    """Rows one orientation keeps: as in :func:`training.models.patchcore.build_memory_bank`."""
-    return min(max(1, round(ratio * n_patches)), max_bank)
-
-
 def _evaluate_grids(
     distances: np.ndarray, grid: tuple[int, int], masks: np.ndarray, n_normal: int, size: int, sigma: float
 ) -> tuple[np.ndarray, float]:
@@ -146,64 +135,6 @@ def _evaluate_grids(
     maps = np.stack([distance_map(d, grid, size, sigma) for d in distances])
     pixel = metrics.pixel_auroc(masks, maps[n_normal:], max_pixels=400_000)
     return maps, pixel
-
-
-class _SizeFeatures:
-    """Everything the search needs at one input size, computed once: backbone, held-out embeddings, the whitening
-    fitted on the upright training patches (when asked for), coresets."""
-
-    def __init__(
-        self,
-        pc: PatchCoreConfig,
-        backbone_name: str,
-        size: int,
-        train: list[Sample],
-        held_out: np.ndarray,
-        seed: int,
-    ) -> None:
-        from training.backbones import get_backbone
-        from training.models.patchcore import PatchCoreScorer
-        from training.train_anomaly import keras_forward
-
-        backbone, (offset, scale) = get_backbone(backbone_name, size, pc.weights, tuple(pc.taps))
-        spec = PreprocessSpec(size, "rgb", pc.resize, offset=offset, scale=scale)
-        self.scorer = PatchCoreScorer(keras_forward(backbone), spec)
-        self.pc, self.seed = pc, seed
-        self.train_images, _ = load_images(train, spec)
-        self.held = self.scorer.embed(_shrink(held_out, size))
-        assert self.scorer.grid is not None
-        self.grid: tuple[int, int] = self.scorer.grid
-        self.n_patches = 0
-        self.whitening: np.ndarray | None = None
-        self.prefixes: dict[tuple[int, bool], np.ndarray] = {}
-
-    def _patches(self, degrees: int) -> np.ndarray:
-        """Patch rows (N * P, D) of the training images turned by ``degrees``."""
-        turned = np.ascontiguousarray(np.rot90(self.train_images, degrees // 90, axes=(1, 2)))
-        patches = self.scorer.embed(turned)
-        self.n_patches = patches.shape[0] * patches.shape[1]
-        return patches.reshape(self.n_patches, -1)
-
-    def coreset(self, degrees: int, max_ratio: float, whiten: bool) -> np.ndarray:
-        """Greedy coreset rows of the training images turned by ``degrees``, at ``max_ratio`` (smaller: a prefix),
-        in the whitened space (fitted on the upright patches) or the backbone's own."""
-        from training.models.patchcore import fit_whitening, greedy_coreset
-
-        if (degrees, whiten) not in self.prefixes:
-            patches = self._patches(degrees)
-            if whiten:
-                if self.whitening is None:
-                    self.whitening = fit_whitening(patches if degrees == 0 else self._patches(0))
-                patches = patches @ self.whitening
-            n_max = _bank_rows(max_ratio, self.n_patches, self.pc.max_bank)
-            chosen = greedy_coreset(patches, n_max, self.pc.projection_dim or 128, self.seed)
-            self.prefixes[degrees, whiten] = patches[chosen]
-        return self.prefixes[degrees, whiten]
-
-    def bank(self, turns: Sequence[int], ratio: float, max_ratio: float, whiten: bool) -> np.ndarray:
-        """The memory bank of orientations ``0, *turns`` at ``ratio``."""
-        rows = [self.coreset(d, max_ratio, whiten) for d in (0, *turns)]
-        return np.concatenate([r[: _bank_rows(ratio, self.n_patches, self.pc.max_bank)] for r in rows])
 
 
 def at_settings_of(lead: Candidate, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -263,7 +194,7 @@ class SettingsSearch:
         self.candidates: list[Candidate] = []
         self.image_scores: list[np.ndarray] = []  # per candidate: held-out normals, then the synthetic defects
         self.skipped: list[str] = []
-        self.features: dict[tuple[str, int], _SizeFeatures] = {}
+        self.features: dict[tuple[str, int], SizeFeatures] = {}
         self.finer_candidates: list[Candidate] = []
 
     def elapsed(self) -> float:
@@ -279,7 +210,7 @@ class SettingsSearch:
         key = (backbone, size)
         if key not in self.features:
             held_out = np.concatenate([self.normals, self.defects])
-            self.features[key] = _SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
+            self.features[key] = SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
         at_size = self.features[key]
         found = self._evaluate(at_size, at_size.held, self.masks, backbone, size, turns, spaces)
         for candidate, scores in found:
@@ -290,7 +221,7 @@ class SettingsSearch:
 
     def _evaluate(
         self,
-        at_size: _SizeFeatures,
+        at_size: SizeFeatures,
         held: np.ndarray,
         masks: np.ndarray,
         backbone: str,
@@ -330,14 +261,14 @@ class SettingsSearch:
         spaces, turns = [lead.whiten], lead.bank_rotations
         found = self._evaluate(
             coarse,
-            coarse.scorer.embed(_shrink(held_out, lead.size)),
+            coarse.scorer.embed(shrink(held_out, lead.size)),
             masks,
             lead.backbone,
             lead.size,
             turns,
             spaces,
         )
-        at_size = _SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
+        at_size = SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
         found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces)
         self.finer_candidates = at_settings_of(lead, [candidate for candidate, _ in found])
         log.info("search: %s, finer size %d done at %.0f s", lead.backbone, size, self.elapsed())
