@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATASETS ?= $(or $(LINEWATCH_DATASETS),../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo bench-objective bench-position bench-type-tail bench-decode describe clean soak
+.PHONY: install system-deps run review train test test-fast lint bench bench-train bench-export bench-pipeline bench-casting-sweep bench-auto bench-s3 bench-rollout bench-nn bench-graph bench-peer bench-loo bench-objective bench-position bench-type-tail bench-decode bench-score describe clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,9 @@ bench-graph: install  ## the int8 scorer graph against a bare Lite0 graph of the
 
 bench-nn: install  ## nearest-neighbour search, exact vs clustered, on casting's int8 bundle (bundles/auto/casting, from make bench-auto)
 	$(PY) -m bench.nn_bench --bundle $(or $(NN_BUNDLE),bundles/auto/casting) --config configs/datasets/casting.yaml
+
+bench-score: install  ## image score (mean of the map's top pixels): whole-map partition vs largest(), score and whole frame (after make bench-auto)
+	$(PY) -m bench.score_bench
 
 bench-loo: install  ## leave-one-out scores (without own rows, with stand-ins, midpoint) against held-out normals; the runs of make bench-auto
 	$(PY) -m bench.loo_bench --out bench/results

@@ -167,3 +167,23 @@ def test_a_whitened_bank_fits_its_whitening_on_the_upright_patches():
     # the rows are whitened patches: the upright orientation's set of rows is its patches times the matrix
     expected = {tuple(np.round(r, 4)) for r in (upright @ bank.whitening).tolist()}
     assert {tuple(np.round(r, 4)) for r in bank.rows[: len(upright)].tolist()} == expected
+
+
+@pytest.mark.parametrize("shape", ["smooth", "one_peak", "flat", "ties", "small"])
+def test_largest_is_exactly_the_top_k_whatever_the_map(shape):
+    import cv2
+
+    from edge_agent.scoring import largest
+
+    rng = np.random.default_rng(7)
+    values = {
+        "smooth": cv2.GaussianBlur(rng.random((448, 448), np.float32), (17, 17), 4).ravel(),
+        "one_peak": np.r_[np.zeros(200_000, np.float32), np.float32(5.0)],  # the sample misses the peak
+        "flat": np.full(200_704, 3.0, np.float32),
+        "ties": rng.integers(0, 4, 200_704).astype(np.float32),
+        "small": rng.random(50).astype(np.float32),
+    }[shape]
+    for k in (1, 7, 2007, values.size // 3, values.size):
+        k = min(k, values.size)
+        expected = np.sort(values)[values.size - k :]
+        assert np.array_equal(np.sort(largest(values, k)), expected)
