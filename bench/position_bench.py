@@ -115,8 +115,8 @@ def test_rows(name: str) -> list[str]:
 
 def search_rows(name: str) -> list[str]:
     """One table row per scale: the search's objective at its chosen geometry, scale cross-fitted on normals."""
-    from training.autoconfig import PIXEL_WEIGHT, SettingsSearch, _evaluate_grids, _shrink_masks
-    from training.search_features import SizeFeatures
+    from training.autoconfig import PIXEL_WEIGHT, SettingsSearch
+    from training.search_features import SizeFeatures, evaluate_grids, shrink_masks
 
     cfg = load_train_config(f"configs/datasets/{name}.yaml")
     chosen = json.loads((Path("runs/auto") / name / "patchcore" / "autoconfig.json").read_text())["chosen"]
@@ -138,8 +138,8 @@ def search_rows(name: str) -> list[str]:
         normals[~half] = position_scaled(dist[:n][~half], dist[:n][half], mode, blur)
         scaled[n:] = position_scaled(dist[n:], dist[:n], mode, blur)
         flat = scaled.reshape(len(scaled), -1)
-        maps, pixel = _evaluate_grids(
-            flat, features.grid, _shrink_masks(search.masks, size), n, size, chosen["blur_sigma"]
+        maps, pixel = evaluate_grids(
+            flat, features.grid, shrink_masks(search.masks, size), n, size, chosen["blur_sigma"]
         )
         auroc = metrics.roc_auc(search.labels, [image_score(m, chosen["score_top_fraction"]) for m in maps])
         rows.append(

@@ -8,7 +8,8 @@ smaller bank, no whitening). Geometry candidates (input size, bank orientations)
 the coreset is greedy, so one run at the largest ratio yields every smaller ratio as a prefix; smoothing and
 the image-score rule only re-read the distance grids. The whitened feature space is tried at the best geometry
 (its coresets cost as much again); last, the first stage's choice at a finer input (:data:`FINER_SIZES`) where
-the images have the detail, on a synthetic set of its own. Any setting written in the YAML is kept and not searched.
+the images have the detail, on a synthetic set of its own; then that choice without neighbourhood averaging
+(:data:`CONTEXT_POOLS`). Any setting written in the YAML is kept and not searched.
 """
 
 from __future__ import annotations
@@ -20,22 +21,28 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edge_agent.preprocess import PreprocessSpec
-from edge_agent.scoring import NearestNeighbourIndex, distance_map, image_score
+from edge_agent.scoring import NearestNeighbourIndex, image_score
 from training import metrics
 from training.config import PatchCoreConfig, TrainConfig
-from training.data import DatasetSplits, load_images, native_side
-from training.search_features import SizeFeatures, shrink
-from training.synthetic import make_defects
+from training.data import DatasetSplits, native_side
+from training.search_features import SizeFeatures, evaluate_grids, held_out_set, shrink, shrink_masks
 
 log = logging.getLogger(__name__)
 
 PIXEL_WEIGHT = 0.5
 TIE = 0.002
-SEARCHED = ("backbone", "size", "bank_rotations", "coreset_ratio", "blur_sigma", "score_top_fraction", "whiten")
+SEARCHED = (
+    "backbone",
+    "size",
+    "bank_rotations",
+    "coreset_ratio",
+    "blur_sigma",
+    "score_top_fraction",
+    "whiten",
+    "pool",
+)
 #: Relative cost per pixel on the edge of each backbone the search may try.
 BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.3, "efficientnet_lite2": 1.8}
 #: Backbones tried, besides the YAML's, at the best geometry found. Empty by default: EfficientNet-Lite2 won the
@@ -51,6 +58,10 @@ SIZES = (224, 320)
 #: maximum at 448 px (synthetic 1.4950) and the test split fell to image AUROC 0.984 and recall 0.727, where the
 #: first stage's top-1 % rule at 448 px gives 0.992 / 0.917 (320 px: 0.989 / 0.892).
 FINER_SIZES: tuple[int, ...] = (448,)
+#: Neighbourhood averaging tried last, at the choice so far: PatchCore's 3 x 3 (every earlier stage) against none
+#: (1), adopted when it beats 3 x 3 by more than :data:`TIE` on a synthetic set made at the chosen size. Averaging
+#: makes a patch robust to small shifts of the part but spreads a thin or small defect over its neighbours.
+CONTEXT_POOLS: tuple[int, ...] = (3, 1)
 ORIENTATIONS: tuple[tuple[int, ...], ...] = ((), (90, 180, 270))
 CORESET_RATIOS = (0.01, 0.02)
 BLUR_SIGMAS = (2.0, 4.0, 8.0, 16.0)
@@ -58,8 +69,6 @@ TOP_FRACTIONS: tuple[float | None, ...] = (None, 0.01)
 #: Whitened feature space (:func:`training.models.patchcore.fit_whitening`) or the backbone's own.
 WHITEN = (False, True)
 SEARCH_TRAIN_IMAGES = 120
-HELD_OUT_IMAGES = 40
-DEFECTS_PER_IMAGE = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class Candidate:
     pixel_auroc: float
     bank_size: int
     feature_dim: int
+    pool: int = 3
 
     @property
     def objective(self) -> float:
@@ -100,23 +110,6 @@ def _options(pc: PatchCoreConfig, field: str, default: Sequence[Any]) -> list[An
     return list(default)
 
 
-def _shrink_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    if masks.shape[1] == size:
-        return masks
-    return np.stack([cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) for m in masks]) > 0
-
-
-def _held_out(splits: DatasetSplits, pc: PatchCoreConfig, size: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Held-out normal images, synthetic defects made from them and the defects' masks, at ``size``."""
-    rng = np.random.default_rng(seed)
-    samples = list(splits.validation)
-    if len(samples) > HELD_OUT_IMAGES:
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), HELD_OUT_IMAGES, replace=False))]
-    normals, _ = load_images(samples, PreprocessSpec(size, "rgb", pc.resize))
-    defects, masks, _ = make_defects(list(normals), DEFECTS_PER_IMAGE, seed)
-    return normals, np.stack(defects), np.stack(masks)
-
-
 def _sizes_with_detail(sizes: Sequence[int], native: int) -> list[int]:
     """The sizes up to the smallest one that covers the images' native shorter side: a larger input only
     upsamples what the camera saw (tire's 300 px images stop at 320, bottle's and casting's 512 px go on)."""
@@ -128,18 +121,9 @@ def _sizes_with_detail(sizes: Sequence[int], native: int) -> list[int]:
     return kept
 
 
-def _evaluate_grids(
-    distances: np.ndarray, grid: tuple[int, int], masks: np.ndarray, n_normal: int, size: int, sigma: float
-) -> tuple[np.ndarray, float]:
-    """Anomaly maps of held-out images from their patch distances, and the pixel AUROC of the defects' maps."""
-    maps = np.stack([distance_map(d, grid, size, sigma) for d in distances])
-    pixel = metrics.pixel_auroc(masks, maps[n_normal:], max_pixels=400_000)
-    return maps, pixel
-
-
-def at_settings_of(lead: Candidate, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates with every searched setting of ``lead`` but the input size."""
-    kept = [f for f in SEARCHED if f != "size"]
+def at_settings_of(lead: Candidate, candidates: Sequence[Candidate], vary: str = "size") -> list[Candidate]:
+    """The candidates with every searched setting of ``lead`` but ``vary``."""
+    kept = [f for f in SEARCHED if f != vary]
     return [c for c in candidates if all(getattr(c, f) == getattr(lead, f) for f in kept)]
 
 
@@ -189,13 +173,14 @@ class SettingsSearch:
         if len(train) > SEARCH_TRAIN_IMAGES:
             train = [train[i] for i in sorted(rng.choice(len(train), SEARCH_TRAIN_IMAGES, replace=False))]
         self.train = train
-        self.normals, self.defects, self.masks = _held_out(splits, pc, max(self.sizes), seed)
+        self.normals, self.defects, self.masks = held_out_set(splits, pc, max(self.sizes), seed)
         self.labels = np.r_[np.zeros(len(self.normals)), np.ones(len(self.defects))]
         self.candidates: list[Candidate] = []
         self.image_scores: list[np.ndarray] = []  # per candidate: held-out normals, then the synthetic defects
         self.skipped: list[str] = []
         self.features: dict[tuple[str, int], SizeFeatures] = {}
         self.finer_candidates: list[Candidate] = []
+        self.context_candidates: list[Candidate] = []
 
     def elapsed(self) -> float:
         """Seconds since the search started."""
@@ -210,7 +195,7 @@ class SettingsSearch:
         key = (backbone, size)
         if key not in self.features:
             held_out = np.concatenate([self.normals, self.defects])
-            self.features[key] = SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed)
+            self.features[key] = SizeFeatures(self.pc, backbone, size, self.train, held_out, self.seed, self.pc.pool)
         at_size = self.features[key]
         found = self._evaluate(at_size, at_size.held, self.masks, backbone, size, turns, spaces)
         for candidate, scores in found:
@@ -231,7 +216,7 @@ class SettingsSearch:
     ) -> list[tuple[Candidate, np.ndarray]]:
         """Candidates of one geometry on held-out embeddings ``held`` (normals first, then defects with
         ``masks``), with the image scores of each."""
-        size_masks = _shrink_masks(masks, size)
+        size_masks = shrink_masks(masks, size)
         n_normal = len(held) - len(masks)
         labels = np.r_[np.zeros(n_normal), np.ones(len(masks))]
         found = []
@@ -241,11 +226,11 @@ class SettingsSearch:
             distances = np.stack([index.distances(p) for p in held])
             setting = (backbone, size, turns, ratio)
             for sigma in self.sigmas:
-                maps, pixel = _evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
+                maps, pixel = evaluate_grids(distances, at_size.grid, size_masks, n_normal, size, sigma)
                 for top in self.tops:
                     scores = np.array([image_score(m, top) for m in maps])
                     figures = (metrics.roc_auc(labels, scores), pixel, len(bank), bank.shape[1])
-                    found.append((Candidate(*setting, sigma, top, whiten, *figures), scores))
+                    found.append((Candidate(*setting, sigma, top, whiten, *figures, pool=at_size.pool), scores))
         return found
 
     def finer(self, splits: DatasetSplits, lead: Candidate, size: int) -> None:
@@ -255,7 +240,7 @@ class SettingsSearch:
         if self.elapsed() > self.budget:
             self.skipped.append(f"{lead.backbone}, finer size {size}: over the search budget")
             return
-        normals, defects, masks = _held_out(splits, self.pc, size, self.seed)
+        normals, defects, masks = held_out_set(splits, self.pc, size, self.seed)
         held_out = np.concatenate([normals, defects])
         coarse = self.features[lead.backbone, lead.size]
         spaces, turns = [lead.whiten], lead.bank_rotations
@@ -268,10 +253,32 @@ class SettingsSearch:
             turns,
             spaces,
         )
-        at_size = SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed)
+        at_size = SizeFeatures(self.pc, lead.backbone, size, self.train, held_out, self.seed, self.pc.pool)
+        self.features[lead.backbone, size] = at_size
         found += self._evaluate(at_size, at_size.held, masks, lead.backbone, size, turns, spaces)
         self.finer_candidates = at_settings_of(lead, [candidate for candidate, _ in found])
         log.info("search: %s, finer size %d done at %.0f s", lead.backbone, size, self.elapsed())
+
+    def context(self, splits: DatasetSplits, lead: Candidate, pools: Sequence[int]) -> None:
+        """Judge ``lead`` (the choice so far) with each neighbourhood averaging of ``pools`` (its own first), every
+        other setting kept, on held-out images and synthetic defects made at its size; the candidates go to
+        ``context_candidates``."""
+        if self.elapsed() > self.budget:
+            self.skipped.append(f"{lead.backbone}, size {lead.size}, pools {list(pools[1:])}: over the search budget")
+            return
+        normals, defects, masks = held_out_set(splits, self.pc, lead.size, self.seed)
+        held_out = np.concatenate([normals, defects])
+        own = self.features[lead.backbone, lead.size]
+        found = self._evaluate(
+            own, own.scorer.embed(held_out), masks, lead.backbone, lead.size, lead.bank_rotations, [lead.whiten]
+        )
+        for pool in pools[1:]:
+            other = SizeFeatures(self.pc, lead.backbone, lead.size, self.train, held_out, self.seed, pool)
+            found += self._evaluate(
+                other, other.held, masks, lead.backbone, lead.size, lead.bank_rotations, [lead.whiten]
+            )
+        self.context_candidates = at_settings_of(lead, [candidate for candidate, _ in found], vary="pool")
+        log.info("search: %s, size %d, pools %s done at %.0f s", lead.backbone, lead.size, list(pools), self.elapsed())
 
 
 def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0) -> SettingsSearch:
@@ -306,6 +313,8 @@ def run_search(cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 
         finer = [s for s in _sizes_with_detail((*search.sizes, *FINER_SIZES), native) if s > max(search.sizes)]
         if finer:
             search.finer(splits, choose(search.candidates), finer[0])
+    if "pool" not in pc.model_fields_set:
+        search.context(splits, choose_with_finer(search), CONTEXT_POOLS)
     return search
 
 
@@ -320,6 +329,19 @@ def choose_with_finer(search: SettingsSearch) -> Candidate:
     return chosen
 
 
+def choose_final(search: SettingsSearch) -> Candidate:
+    """:func:`choose_with_finer`, then its setting with another neighbourhood averaging when that beats its own by
+    more than :data:`TIE` in the context stage (both judged on one synthetic set)."""
+    chosen = choose_with_finer(search)
+    own = [c for c in search.context_candidates if c.pool == chosen.pool]
+    others = [c for c in search.context_candidates if c.pool != chosen.pool]
+    if own and others:
+        best = max(others, key=lambda c: c.objective)
+        if best.objective > own[0].objective + TIE:
+            return best
+    return chosen
+
+
 def search_patchcore(
     cfg: TrainConfig, splits: DatasetSplits, budget_seconds: float = 900.0
 ) -> tuple[PatchCoreConfig, dict[str, Any]]:
@@ -329,7 +351,7 @@ def search_patchcore(
     search = run_search(cfg, splits, budget_seconds)
     candidates, skipped = search.candidates, search.skipped
     normals, defects, train = search.normals, search.defects, search.train
-    chosen = choose_with_finer(search)
+    chosen = choose_final(search)
     update = {
         "backbone": chosen.backbone,
         "size": chosen.size,
@@ -338,6 +360,7 @@ def search_patchcore(
         "blur_sigma": chosen.blur_sigma,
         "score_top_fraction": chosen.score_top_fraction,
         "whiten": chosen.whiten,
+        "pool": chosen.pool,
     }
     report = {
         "chosen": update,
@@ -352,6 +375,7 @@ def search_patchcore(
         "skipped": skipped,
         "candidates": [{**asdict(c), "objective": c.objective} for c in candidates],
         "finer_candidates": [{**asdict(c), "objective": c.objective} for c in search.finer_candidates],
+        "context_candidates": [{**asdict(c), "objective": c.objective} for c in search.context_candidates],
     }
     log.info(
         "search chose %s (synthetic image AUROC %.3f, pixel %.3f) in %.0f s",

@@ -94,6 +94,9 @@ class PatchCoreConfig(StrictModel):
     max_bank: int = Field(default=4000, ge=100, description="upper bound on memory-bank size")
     projection_dim: int | None = Field(default=None, ge=8, description="random projection for coreset")
     blur_sigma: float = Field(default=4.0, ge=0.0, description="Gaussian blur of the map (input pixels)")
+    pool: Literal[1, 3, 5] = Field(
+        default=3, description="neighbourhood averaging of the feature maps, pool x pool patches (1: none)"
+    )
     bank_rotations: list[Literal[90, 180, 270]] = Field(
         default_factory=list, description="also fill the bank from the training images turned by these degrees"
     )

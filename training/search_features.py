@@ -1,4 +1,5 @@
-"""What the settings search needs at one input size: the backbone, held-out embeddings, coresets per orientation."""
+"""What the settings search judges on (held-out normals and synthetic defects) and needs at one input size: the
+backbone, held-out embeddings, coresets per orientation."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import cv2
 import numpy as np
 
 from edge_agent.preprocess import PreprocessSpec
+from edge_agent.scoring import distance_map
+from training import metrics
 from training.config import PatchCoreConfig
-from training.data import Sample, load_images
+from training.data import DatasetSplits, Sample, load_images
+from training.synthetic import make_defects
+
+#: Held-out normal images the search judges on (from the validation split), and synthetic defects made from each.
+HELD_OUT_IMAGES = 40
+DEFECTS_PER_IMAGE = 3
 
 
 def shrink(images: np.ndarray, size: int) -> np.ndarray:
@@ -17,6 +25,33 @@ def shrink(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size:
         return images
     return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def shrink_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """Boolean masks (N, S, S) resized to size x size (nearest neighbour)."""
+    if masks.shape[1] == size:
+        return masks
+    return np.stack([cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) for m in masks]) > 0
+
+
+def held_out_set(splits: DatasetSplits, pc: PatchCoreConfig, size: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out normal images, synthetic defects made from them and the defects' masks, at ``size``."""
+    rng = np.random.default_rng(seed)
+    samples = list(splits.validation)
+    if len(samples) > HELD_OUT_IMAGES:
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), HELD_OUT_IMAGES, replace=False))]
+    normals, _ = load_images(samples, PreprocessSpec(size, "rgb", pc.resize))
+    defects, masks, _ = make_defects(list(normals), DEFECTS_PER_IMAGE, seed)
+    return normals, np.stack(defects), np.stack(masks)
+
+
+def evaluate_grids(
+    distances: np.ndarray, grid: tuple[int, int], masks: np.ndarray, n_normal: int, size: int, sigma: float
+) -> tuple[np.ndarray, float]:
+    """Anomaly maps of held-out images from their patch distances, and the pixel AUROC of the defects' maps."""
+    maps = np.stack([distance_map(d, grid, size, sigma) for d in distances])
+    pixel = metrics.pixel_auroc(masks, maps[n_normal:], max_pixels=400_000)
+    return maps, pixel
 
 
 def bank_rows(ratio: float, n_patches: int, max_bank: int) -> int:
@@ -36,6 +71,7 @@ class SizeFeatures:
         train: list[Sample],
         held_out: np.ndarray,
         seed: int,
+        pool: int = 3,
     ) -> None:
         from training.backbones import get_backbone
         from training.models.patchcore import PatchCoreScorer
@@ -43,7 +79,8 @@ class SizeFeatures:
 
         backbone, (offset, scale) = get_backbone(backbone_name, size, pc.weights, tuple(pc.taps))
         spec = PreprocessSpec(size, "rgb", pc.resize, offset=offset, scale=scale)
-        self.scorer = PatchCoreScorer(keras_forward(backbone), spec)
+        self.scorer = PatchCoreScorer(keras_forward(backbone), spec, pool=pool)
+        self.pool = pool
         self.pc, self.seed = pc, seed
         self.train_images, _ = load_images(train, spec)
         self.held = self.scorer.embed(shrink(held_out, size))

@@ -210,7 +210,7 @@ def train_patchcore(
 
     batch = training_device().embed_batch
     scorer = PatchCoreScorer(
-        keras_forward(backbone), spec, pc.blur_sigma, top_fraction=pc.score_top_fraction, batch_size=batch
+        keras_forward(backbone), spec, pc.blur_sigma, pc.pool, top_fraction=pc.score_top_fraction, batch_size=batch
     )
     train_images, _ = load_images(splits.train, spec, splits.skipped)
     bank_kwargs = bank_params(pc, cfg.dataset.seed)
@@ -228,6 +228,7 @@ def train_patchcore(
         "blur_sigma": pc.blur_sigma,
         "score_top_fraction": pc.score_top_fraction,
         "whiten": pc.whiten,
+        "pool": pc.pool,
         "chosen_by": "search" if search else "config",
     }
     result.update(

@@ -41,6 +41,9 @@ def test_search_keeps_what_the_yaml_sets_and_chooses_the_rest(search_result):
     assert len(report["candidates"]) == 8
     assert {c["whiten"] for c in report["candidates"]} == {False, True}
     assert report["held_out_normals"] == 31 and report["synthetic_defects"] == 93
+    # last, the choice without neighbourhood averaging against itself with it, on a set made at its size
+    assert {c["pool"] for c in report["context_candidates"]} == {1, 3}
+    assert chosen.pool in (1, 3) and report["chosen"]["pool"] == chosen.pool
     figures = report["chosen_figures"]
     assert figures["synthetic_image_auroc"] > 0.9 and figures["synthetic_pixel_auroc"] > 0.9
     json.dumps(report)  # the report is written as JSON into the run folder

@@ -1,6 +1,9 @@
 """The search's rules without images: what is searched, what the YAML fixes, which candidate wins."""
 
-from training.autoconfig import Candidate, _options, choose
+import dataclasses
+from types import SimpleNamespace
+
+from training.autoconfig import Candidate, _options, choose, choose_final
 from training.config import PatchCoreConfig
 
 
@@ -103,3 +106,16 @@ def test_the_finer_stage_compares_the_first_choice_at_each_size_and_nothing_else
         _candidate(size=448, top=0.01, whiten=True, ratio=0.02),
     ]
     assert at_settings_of(lead, finer) == finer[1:3]
+
+
+def test_no_neighbourhood_averaging_is_adopted_only_when_it_beats_the_tie():
+    lead = _candidate(image=0.990)  # pool 3, chosen by the earlier stages
+    rejudged = dataclasses.replace(lead, image_auroc=0.980)  # the same setting on the context stage's own set
+    near = dataclasses.replace(rejudged, image_auroc=0.981, pool=1)
+    search = SimpleNamespace(candidates=[lead], finer_candidates=[], context_candidates=[rejudged, near])
+    assert choose_final(search) is lead  # within the tie: PatchCore's 3 x 3 stays
+    better = dataclasses.replace(rejudged, image_auroc=0.985, pool=1)
+    search.context_candidates = [rejudged, better]
+    assert choose_final(search) is better
+    search.context_candidates = []  # the stage did not run (the YAML sets pool, or the budget was spent)
+    assert choose_final(search) is lead
