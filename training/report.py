@@ -59,10 +59,10 @@ def settings_text(settings: dict[str, Any]) -> str:
     top = settings.get("score_top_fraction")
     score = "max" if not top else f"top {top:.0%}"
     backbone = str(settings.get("backbone", "efficientnet_lite0")).removeprefix("efficientnet_")
-    whitened = ", whitened" if settings.get("whiten") else ""
+    features = ", whitened" if settings.get("whiten") else ""
     pool = settings.get("pool", 3)
-    whitened += "" if pool == 3 else f", pool {pool}"
+    features += "" if pool == 3 else f", pool {pool}"
     return (
-        f"{backbone} {settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank{whitened}, "
+        f"{backbone} {settings.get('size')} px, rot {turns}, {settings.get('coreset_ratio', 0):.0%} bank{features}, "
         f"sigma {settings.get('blur_sigma'):g}, {score} ({settings.get('chosen_by')})"
     )
