@@ -192,7 +192,7 @@ class CameraPipeline:
 
     def process(self, frame: Frame, image: np.ndarray) -> VerdictRecord | None:
         """Score one decoded frame and store its verdict; returns None if it was already scored."""
-        if self.store.has_verdict(frame.camera, frame.frame_id):  # type: ignore[attr-defined]
+        if not frame.is_new and self.store.has_verdict(frame.camera, frame.frame_id):  # type: ignore[attr-defined]
             log.info("camera=%s frame=%s already scored, skipping", frame.camera, frame.frame_id)
             return None
         active = self.active  # read once: the whole frame uses one model version

@@ -40,6 +40,10 @@ class Frame:
     frame_id: str
     captured_at: datetime  # timezone-aware UTC
     image_path: str | None = None  # folder sources: the file; stream sources: None
+    #: The source knows that no verdict exists for this frame id: a file it checked (or that appeared after the
+    #: agent started), a live frame named by its capture time. The pipeline then skips its own database look-up;
+    #: a duplicate would still be refused by :meth:`edge_agent.store.Store.record`.
+    is_new: bool = False
 
 
 @dataclass(frozen=True)

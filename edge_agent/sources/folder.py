@@ -165,7 +165,8 @@ class FolderSource(Source):
         except OSError as err:
             frame = Frame(self.camera, "folder", fid, datetime.now(UTC), str(path))
             return SourceItem(frame, None, f"{path}: cannot stat ({err.strerror})", "unreadable")
-        frame = Frame(self.camera, "folder", fid, datetime.fromtimestamp(st.st_mtime, UTC), str(path))
+        # ``_offer`` looked up every file older than the agent's start: what it hands out has no verdict yet
+        frame = Frame(self.camera, "folder", fid, datetime.fromtimestamp(st.st_mtime, UTC), str(path), is_new=True)
         if stat.S_ISLNK(st.st_mode):
             return SourceItem(frame, None, SYMLINK_REASON, "symlink")
         try:

@@ -293,11 +293,13 @@ class StreamSource(Source):
         """A live frame is named by its capture time; a video file's frame by its index, so that a restarted
         agent recognises the frames it already scored (one verdict per frame, not per playback)."""
         captured = datetime.now(UTC)
-        if conn.is_file and not self.cfg.loop:
+        replayable = conn.is_file and not self.cfg.loop
+        if replayable:
             frame_id = f"{os.path.basename(str(self.source))}#{conn.position - 1:07d}"
         else:
             frame_id = f"{int(captured.timestamp() * 1000)}-{next(self._counter)}"
-        return SourceItem(Frame(self.camera, "stream", frame_id, captured, None), to_rgb_uint8(image), None)
+        frame = Frame(self.camera, "stream", frame_id, captured, None, is_new=not replayable)
+        return SourceItem(frame, to_rgb_uint8(image), None)
 
 
 def _release(cap: Capture) -> None:

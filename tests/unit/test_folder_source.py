@@ -232,7 +232,9 @@ def test_is_known_skips_frames_scored_before_restart(watched):
 
     src = make(root, is_known=is_known)
     sources.append(src)
-    assert [i.frame.frame_id for i in collect(src, 1)] == ["fresh.png"]
+    items = collect(src, 1)
+    assert [i.frame.frame_id for i in items] == ["fresh.png"]
+    assert items[0].frame.is_new  # looked up here: the pipeline need not look it up again
     assert settle(src, 0.3) == []
     assert (root / "done" / "scored.png").is_file() and "scored.png" in asked
 

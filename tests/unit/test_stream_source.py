@@ -87,6 +87,7 @@ def test_avi_every_nth_reads_whole_file_then_ends(videos):
     assert first.frame.captured_at.tzinfo is UTC
     # a video file's frames are named by their index (every 2nd frame here), so a restart re-finds them
     assert [i.frame.frame_id for i in items] == [f"clip30.avi#{n:07d}" for n in range(0, 30, 2)]
+    assert not any(i.frame.is_new for i in items)  # the pipeline looks each one up in the database
     assert first.image.shape == (128, 128, 3) and first.image.dtype == np.uint8
     bottle, tire, _ = (cv2.cvtColor(f, cv2.COLOR_BGR2RGB).astype(int) for f in real_frames())
     diff = np.abs(first.image.astype(int) - bottle).mean()  # frame 0 is the bottle; MJPG is lossy
@@ -114,6 +115,7 @@ def test_loop_restarts_the_file(videos):
     items = run(src, limit=25)
     assert len(items) == 25 and src.state != "ended"
     assert all(re.fullmatch(r"\d{13}-\d+", i.frame.frame_id) for i in items)  # looping: named by time
+    assert all(i.frame.is_new for i in items)  # a name made now has no verdict: no database look-up
     assert len({i.frame.frame_id for i in items}) == 25
 
 
