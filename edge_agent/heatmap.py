@@ -38,8 +38,11 @@ def render_heatmap(
     """BGR uint8 overlay: map scaled so ``low`` is blue and ``high`` red; truth outlined green, prediction white."""
     h, w = image_rgb.shape[:2]
     amap = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    scaled = np.clip((amap - low) / max(high - low, 1e-12), 0.0, 1.0)
-    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    # (amap - low) / (high - low) * 255, rounded and saturated to 0..255 in one pass: 0.12 ms at 512 px against
+    # 0.69 for numpy's subtract, divide, clip, multiply and cast (scratch timing, one thread)
+    gain = 255.0 / max(high - low, 1e-12)
+    levels = cv2.addWeighted(amap, gain, amap, 0.0, -low * gain, dtype=cv2.CV_8U)
+    colour = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
     base = image_rgb if image_rgb.shape[2] == 3 else np.repeat(image_rgb, 3, axis=2)
     base_bgr = cv2.cvtColor(np.ascontiguousarray(base), cv2.COLOR_RGB2BGR)
     out = cv2.addWeighted(base_bgr, 1 - alpha, colour, alpha, 0.0)
