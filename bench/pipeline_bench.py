@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.machine import describe_cpu
-from bench.services import mosquitto, moto_server
+from bench.services import cpu_seconds, mosquitto, moto_service
 from edge_agent.agent import Agent
 from edge_agent.bundle import load_bundle
 from edge_agent.config import AgentConfig
@@ -86,64 +86,87 @@ def scoring_alone(bundle: Path, paths: list[Path], repeats: int, workers: int = 
     threads = [
         threading.Thread(target=work, args=(inspector, frames[n::workers])) for n, inspector in enumerate(inspectors)
     ]
-    t_all = time.perf_counter()
+    t_all, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return _summary(times, time.perf_counter() - t_all)
+    return _summary(times, time.perf_counter() - t_all, time.process_time() - cpu)
 
 
-def _summary(times: list[float], wall: float) -> dict[str, float]:
+def _summary(times: list[float], wall: float, cpu: float, server_cpu: float = 0.0) -> dict[str, float]:
+    """Latency percentiles, frames/s, and CPU ms a frame of this process and of the S3 server beside it."""
     ms = np.array(times) * 1000
     return {
         "p50_ms": float(np.median(ms)),
         "p99_ms": float(np.percentile(ms, 99)),
         "fps": len(times) / wall,
         "frames": len(times),
+        "cpu_ms": cpu * 1000 / len(times),
+        "server_cpu_ms": server_cpu * 1000 / len(times),
     }
 
 
-def replay(bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None, s3_url: str | None) -> dict[str, Any]:
-    """Full pipeline per frame from the file on disk, outbox delivered by the running delivery worker."""
+def replay(
+    bundle: Path,
+    paths: list[Path],
+    repeats: int,
+    mqtt_port: int | None,
+    s3_url: str | None,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """Full pipeline per frame from the file on disk, outbox delivered by the running delivery worker; CPU of this
+    process until the last frame is stored, of the S3 server (``server_pid``) until the outbox is empty."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         agent = Agent(_config(tmp, bundle, mqtt_port, s3_url, tmp / "in"))
         camera = agent.cameras[0]
         agent.delivery.start()
         times = []
-        t_all = time.perf_counter()
+        t_all, cpu, server_cpu = time.perf_counter(), time.process_time(), _server_cpu(server_pid, s3_url)
         for r in range(repeats):
             for path in paths:
                 t0 = time.perf_counter()
                 frame = Frame("cam1", "replay", f"{r}/{path.parent.name}/{path.name}", datetime.now(UTC), str(path))
                 camera.pipeline.process(frame, read_image(path))
                 times.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - t_all
+        wall, cpu = time.perf_counter() - t_all, time.process_time() - cpu
         t_drain = time.perf_counter()
         while any(agent.store.queue_depths().values()) and time.perf_counter() - t_drain < 120:
             time.sleep(0.1)
         drained = time.perf_counter() - t_drain
+        server_cpu = _server_cpu(server_pid, s3_url) - server_cpu
         depths = agent.store.queue_depths()
         agent.stop()
-        return {**_summary(times, wall), "drain_after_s": drained, "left_in_outbox": sum(depths.values())}
+        summary = _summary(times, wall, cpu, server_cpu)
+        return {**summary, "drain_after_s": drained, "left_in_outbox": sum(depths.values())}
 
 
 def _quarantined(agent: Agent) -> float:
-    """Frames the agent set aside so far (every camera and reason)."""
+    """Frames the agent set aside so far (every camera and reason).
+
+    Reads that one counter: collecting the whole registry runs the state collectors' database queries, which at
+    20 polls a second took about 1 ms of CPU a frame from the agent being measured."""
     return sum(
         sample.value
-        for family in agent.registry.registry.collect()
-        if family.name == "linewatch_quarantined_frames"
+        for family in agent.registry.quarantined.collect()
         for sample in family.samples
         if sample.name.endswith("_total")
     )
 
 
 def folder_run(
-    bundle: Path, paths: list[Path], repeats: int, mqtt_port: int | None, s3_url: str | None, workers: int
+    bundle: Path,
+    paths: list[Path],
+    repeats: int,
+    mqtt_port: int | None,
+    s3_url: str | None,
+    workers: int,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Files dropped at once into the watched folder; wall time until every verdict is stored; latency per frame."""
+    """Files dropped at once into the watched folder; wall time until every verdict is stored; latency per frame;
+    CPU of this process (the agent and the bench's file copies) and of the S3 server (``server_pid``) until the
+    outbox is empty."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         incoming, staging = tmp / "in", tmp / "staging"
@@ -160,7 +183,7 @@ def folder_run(
         agent.on_verdict = on_verdict
         agent.start()
         total = len(paths) * repeats
-        t0 = time.perf_counter()
+        t0, cpu, server_cpu = time.perf_counter(), time.process_time(), _server_cpu(server_pid, s3_url)
         for r in range(repeats):
             for path in paths:
                 name = f"{r}_{path.parent.name}_{path.name}"
@@ -172,8 +195,16 @@ def folder_run(
                 raise RuntimeError(msg)
             time.sleep(0.05)
         wall = (done[-1] if done else time.perf_counter()) - t0
+        while any(agent.store.queue_depths().values()) and time.perf_counter() - t0 < 600:
+            time.sleep(0.05)
+        cpu, server_cpu = time.process_time() - cpu, _server_cpu(server_pid, s3_url) - server_cpu
         agent.stop()
-        return {**_summary(latencies, wall), "wall_s": wall}
+        return {**_summary(latencies, wall, cpu, server_cpu), "wall_s": wall}
+
+
+def _server_cpu(pid: int | None, s3_url: str | None) -> float:
+    """CPU seconds of the S3 server so far, when the run uses it."""
+    return cpu_seconds(pid) if pid is not None and s3_url is not None else 0.0
 
 
 ALONE_1 = "scoring alone, 1 thread (2 interpreter threads)"
@@ -183,12 +214,19 @@ Measurement = tuple[str, Callable[[], dict[str, Any]], str]
 
 
 def measurements(
-    bundle: Path, paths: list[Path], good: list[Path], repeats: int, good_repeats: int, port: int, s3_url: str
+    bundle: Path,
+    paths: list[Path],
+    good: list[Path],
+    repeats: int,
+    good_repeats: int,
+    port: int,
+    s3_url: str,
+    server_pid: int | None = None,
 ) -> list[Measurement]:
     """Every row of the table: (name, run, name of the scoring-alone row it is compared with)."""
 
     def folder(name: str, files: list[Path], passes: int, workers: int, s3: str | None, base: str) -> Measurement:
-        return (name, lambda: folder_run(bundle, files, passes, port, s3, workers=workers), base)
+        return (name, lambda: folder_run(bundle, files, passes, port, s3, workers, server_pid), base)
 
     dropped = "files dropped at once"
     rows: list[Measurement] = [
@@ -201,7 +239,7 @@ def measurements(
         ),
         (
             "replay, 1 thread, + S3 mirror (moto on loopback)",
-            lambda: replay(bundle, paths, repeats, port, s3_url),
+            lambda: replay(bundle, paths, repeats, port, s3_url, server_pid),
             ALONE_1,
         ),
         folder(
@@ -244,14 +282,18 @@ def measurements(
 def table(rows: list[Measurement], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Markdown rows: medians over the rounds; the ratio is the median of each round's ratio to its baseline."""
     lines = [
-        "| run | frames a round | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps) |",
-        "|---|---|---|---|---|---|",
+        "| run | frames a round | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps) "
+        "| CPU ms a frame: bench process / S3 server |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, _, base in rows:
         got = runs[name]
         ratio = np.median([r["fps"] / b["fps"] for r, b in zip(got, runs[base], strict=True)])
-        fps, p50, p99 = (float(np.median([r[k] for r in got])) for k in ("fps", "p50_ms", "p99_ms"))
-        lines.append(f"| {name} | {got[0]['frames']} | {fps:.1f} | {p50:.1f} | {p99:.1f} | {ratio:.2f} |")
+        fps, p50, p99, cpu, server = (
+            float(np.median([r[k] for r in got])) for k in ("fps", "p50_ms", "p99_ms", "cpu_ms", "server_cpu_ms")
+        )
+        cpus = f"{cpu:.1f} / {server:.1f}" if server else f"{cpu:.1f}"
+        lines.append(f"| {name} | {got[0]['frames']} | {fps:.1f} | {p50:.1f} | {p99:.1f} | {ratio:.2f} | {cpus} |")
     return lines
 
 
@@ -273,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     paths = sorted(args.images.rglob("*.png"))
     good = [path for path in paths if path.parent.name == "good"]
-    with mosquitto() as port, moto_server() as s3_url:
-        rows = measurements(args.bundle, paths, good, args.repeats, args.good_repeats, port, s3_url)
+    with mosquitto() as port, moto_service() as s3:
+        pid = s3.proc.pid if s3.proc is not None else None
+        rows = measurements(args.bundle, paths, good, args.repeats, args.good_repeats, port, s3.endpoint_url, pid)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in rows}
         for _ in range(args.rounds):
             for name, run, _ in rows:
@@ -289,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{replayed['left_in_outbox']} (MQTT), {replayed_s3['left_in_outbox']} (MQTT+S3), drained "
         f"{replayed_s3['drain_after_s']:.1f} s after the last frame. "
         "Latency: per frame of the whole pipeline for replay rows, of scoring (Inspector) for the folder rows. "
+        "CPU: process CPU time (every thread: scoring, delivery, the bench's own file copies into the watched folder) "
+        "per frame, until the outbox is empty for the folder rows; the S3 server (moto, Python, on the same 2 cores) "
+        "separately. "
         "Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.harness import MosquittoService, MotoS3Service, free_port, moto_binary
 
-__all__ = ["free_port", "mosquitto", "moto_server"]
+__all__ = ["cpu_seconds", "free_port", "mosquitto", "moto_server", "moto_service"]
 
 
 @contextlib.contextmanager
@@ -25,8 +26,8 @@ def mosquitto() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """Run moto's S3 server on a free loopback port; yields its endpoint URL."""
+def moto_service() -> Iterator[MotoS3Service]:
+    """Run moto's S3 server on a free loopback port; yields the running service (``endpoint_url``, ``proc``)."""
     binary = moto_binary()
     if binary is None:
         raise RuntimeError('moto_server not found: pip install "moto[server]"')
@@ -34,6 +35,19 @@ def moto_server() -> Iterator[str]:
         service = MotoS3Service(Path(tmp), binary)
         service.start(timeout=60.0)
         try:
-            yield service.endpoint_url
+            yield service
         finally:
             service.stop()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """Run moto's S3 server on a free loopback port; yields its endpoint URL."""
+    with moto_service() as service:
+        yield service.endpoint_url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (a loopback server beside the agent) has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
