@@ -155,7 +155,7 @@ class PatchCoreTFLite:
         if whitening is not None and whitening.shape != (bank.shape[1], bank.shape[1]):
             msg = f"{params.whitening}: shape {whitening.shape} does not fit the bank's {bank.shape[1]} dims"
             raise BundleError(msg)
-        self.index = make_index(bank, threads, whitening)  # exact unless the bank is large
+        self.index = make_index(bank, threads, whitening, params.search_probe)  # exact unless the bank is large
         self.pool = params.pool
         self.sigma = params.blur_sigma
         self.top_fraction = params.score_top_fraction

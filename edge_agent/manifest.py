@@ -64,6 +64,12 @@ class PatchCoreParams(StrictModel):
     type_reads_last_tap: bool = Field(
         default=False, description="a type head pools the last patch tap as its deeper map (no tail, no deeper output)"
     )
+    search_probe: int = Field(
+        default=2,
+        ge=1,
+        description="cells the first pass of the clustered search probes (large banks): the bundle's thresholds were "
+        "fitted with it; bundles written before it was recorded used 2",
+    )
 
     def side_files(self) -> list[str]:
         """The files beside the graph this scorer reads."""

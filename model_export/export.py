@@ -22,6 +22,7 @@ import numpy as np
 from edge_agent.bundle import FORMAT_VERSION, MANIFEST, load_bundle, parse_entry, sha256_file
 from edge_agent.inspector import AutoencoderTFLite, DefectClassifier, PatchCoreTFLite, backbone_patches
 from edge_agent.manifest import manifest_json, parse_manifest
+from edge_agent.nn_index import DEFAULT_PROBE
 from edge_agent.preprocess import PreprocessSpec, normalise
 from edge_agent.runtime import TFLiteModel
 from edge_agent.scoring import fit_calibration
@@ -138,6 +139,7 @@ def export_scorer(
             np.save(staging / WHITENING_FILE, bank.whitening)
             entry["params"]["whitening"] = WHITENING_FILE
         entry["params"]["patch_taps"] = len(params["taps"])
+        entry["params"]["search_probe"] = DEFAULT_PROBE  # the calibration below scores with it
     edge_cls = PatchCoreTFLite if kind == "patchcore" else AutoencoderTFLite
     edge = edge_cls(parse_entry("scorer", entry), staging, threads=2)
     val_images, _ = load_images(splits.validation, spec)

@@ -119,7 +119,7 @@ class BankScorer:
     ) -> np.ndarray:
         """Type-head features (:func:`edge_agent.type_head.type_features`) of images' patches against ``bank``, with
         the agent's search."""
-        index = make_index(bank, self.threads, self.whitening)
+        index = make_index(bank, self.threads, self.whitening, self.params.search_probe)
         out = []
         for p, d in zip(patches, deep, strict=True):
             if d is None:
@@ -131,7 +131,7 @@ class BankScorer:
         self, patches: list[np.ndarray], grid: tuple[int, int], bank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and maps against ``bank`` with the agent's search."""
-        index = make_index(bank, self.threads, self.whitening)
+        index = make_index(bank, self.threads, self.whitening, self.params.search_probe)
         scores, maps = [], []
         for p in patches:
             amap = distance_map(index.distances(p), grid, self.spec.size, self.params.blur_sigma)

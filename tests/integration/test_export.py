@@ -15,6 +15,7 @@ import pytest
 from edge_agent.bundle import FORMAT_VERSION, load_bundle
 from edge_agent.errors import BundleError
 from edge_agent.inspector import Inspector
+from edge_agent.nn_index import DEFAULT_PROBE
 from model_export.cli import main as export_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ def test_int8_bank_is_built_from_the_int8_features(bottle_bundle, bottle_run):
     float_bank = np.load(bottle_run / "patchcore" / "memory_bank.npy")
     manifest = json.loads((bottle_bundle / "manifest.json").read_text())
     assert manifest["models"]["scorer"]["params"]["bank_size"] == len(bank) == len(float_bank)
+    assert manifest["models"]["scorer"]["params"]["search_probe"] == DEFAULT_PROBE  # calibrated with it
     assert bank.dtype == np.float32 and not np.array_equal(bank, float_bank)
     # the session's run whitens its bank (tests/conftest.py): export fits the whitening again on the int8 features
     assert manifest["models"]["scorer"]["params"]["whitening"] == "whitening.npy"

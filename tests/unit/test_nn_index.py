@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.manifest import PatchCoreParams
 from edge_agent.nn_index import (
+    DEFAULT_PROBE,
     EXACT_MAX_ROWS,
     REFINE_MIN,
     REFINE_PROBE,
@@ -73,3 +75,14 @@ def test_small_banks_stay_exact():
     rng = np.random.default_rng(2)
     assert isinstance(make_index(mixture(rng, 1_000)), NearestNeighbourIndex)
     assert isinstance(make_index(mixture(rng, EXACT_MAX_ROWS + 1)), ClusteredIndex)
+
+
+def test_a_bundle_is_searched_with_the_first_pass_it_was_calibrated_with():
+    rng = np.random.default_rng(2)
+    bank = mixture(rng, EXACT_MAX_ROWS + 500)
+    assert isinstance(make_index(bank[:EXACT_MAX_ROWS]), NearestNeighbourIndex)  # small banks: exact
+    assert make_index(bank).probe == DEFAULT_PROBE and make_index(bank, probe=3).probe == 3
+    fields = {"memory_bank": "b.npy", "bank_size": len(bank), "pool": 1, "blur_sigma": 2.0}
+    fields |= {"score_top_fraction": None, "patch_taps": 2}
+    assert PatchCoreParams.model_validate(fields).search_probe == 2  # bundles from before the field probed 2 cells
+    assert PatchCoreParams.model_validate({**fields, "search_probe": 1}).search_probe == 1
