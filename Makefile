@@ -99,7 +99,7 @@ bench-score: install  ## image score (mean of the map's top pixels): whole-map p
 bench-loo: install  ## leave-one-out scores (without own rows, with stand-ins, midpoint) against held-out normals; the runs of make bench-auto
 	$(PY) -m bench.loo_bench --out bench/results
 
-bench-decode: install  ## reduced JPEG decoding: decode + prepare of camera-sized JPEG frames, full against reduced
+bench-decode: install  ## decoding: camera-sized JPEG frames full against reduced; PNG frames by libspng against OpenCV
 	$(PY) -m bench.decode_bench --out bench/results
 
 bench-objective: install  ## settings search: its synthetic objective and low-false-alarm ones against real test figures, every candidate (~20 min)

@@ -1,15 +1,18 @@
-"""Reduced JPEG decoding: decode + pre-process time of camera-sized JPEG frames, full decode against reduced.
+"""Decoding: camera-sized JPEG frames decoded full against reduced; PNG frames by libspng against OpenCV.
 
 Real bottle test images (MVTec AD bottle, 512 px PNG) enlarged to two camera sizes and stored as JPEG (quality
 90), held in memory; each frame is decoded and prepared for a 320 px model both ways, interleaved frame by frame
 (medians over frames and rounds). Also the mean absolute difference of the two prepared images (grey levels of
-255). Written to ``bench/results/decode.md``. Run with ``make bench-decode``.
+255). PNG: bottle test images as stored (512 px RGB), enlarged to a camera size, and as 8-bit gray, decoded to
+RGB by the agent's path (libspng for 8-bit RGB) and by OpenCV alone, interleaved; the two must give equal
+pixels. Written to ``bench/results/decode.md``. Run with ``make bench-decode``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import cv2
 import numpy as np
 
 from bench.train_bench import environment
+from edge_agent import preprocess
 from edge_agent.preprocess import PreprocessSpec, decode_image, jpeg_reduction, prepare
 from training.config import datasets_root
 
@@ -58,6 +62,69 @@ def measure(frames: list[bytes], spec: PreprocessSpec) -> dict[str, float]:
     }
 
 
+def png_frames(limit: int) -> dict[str, list[bytes]]:
+    """Bottle test images as PNG: as stored, enlarged to 1280x1024, and as 8-bit gray."""
+    paths = sorted((datasets_root() / "mvtec_ad" / "bottle" / "test").rglob("*.png"))[:limit]
+    images = [cv2.imread(str(path)) for path in paths]
+
+    def encoded(items: list[np.ndarray]) -> list[bytes]:
+        return [cv2.imencode(".png", item)[1].tobytes() for item in items]
+
+    return {
+        "512x512 RGB (as stored)": [path.read_bytes() for path in paths],
+        "1280x1024 RGB": encoded([cv2.resize(i, (1280, 1024), interpolation=cv2.INTER_CUBIC) for i in images]),
+        "512x512 gray": encoded([cv2.cvtColor(i, cv2.COLOR_BGR2GRAY) for i in images]),
+    }
+
+
+def measure_png(frames: list[bytes]) -> tuple[float, float]:
+    """Median ms per frame of the agent's decode (libspng) and OpenCV's, interleaved; asserts equal pixels."""
+    agent_ms: list[float] = []
+    opencv_ms: list[float] = []
+    libspng = preprocess.spng_decode
+    try:
+        for _ in range(ROUNDS):
+            for data in frames:
+                preprocess.spng_decode = libspng
+                t0 = time.perf_counter()
+                fast = decode_image(data)
+                t1 = time.perf_counter()
+                preprocess.spng_decode = None
+                t2 = time.perf_counter()
+                slow = decode_image(data)
+                t3 = time.perf_counter()
+                agent_ms.append((t1 - t0) * 1e3)
+                opencv_ms.append((t3 - t2) * 1e3)
+                if not np.array_equal(fast, slow):
+                    raise AssertionError("libspng and OpenCV decoded a PNG differently")
+    finally:
+        preprocess.spng_decode = libspng
+    return statistics.median(agent_ms), statistics.median(opencv_ms)
+
+
+def two_threads_png(frames: list[bytes], use_libspng: bool) -> float:
+    """Wall ms a frame with two threads decoding half the frames each (the agent's two scoring workers): a
+    decoder that holds the GIL gains nothing from the second thread."""
+    libspng = preprocess.spng_decode
+    preprocess.spng_decode = libspng if use_libspng else None
+    try:
+        best = float("inf")
+        for _ in range(ROUNDS):
+            threads = [
+                threading.Thread(target=lambda part=part: [decode_image(d) for d in part])
+                for part in (frames[0::2], frames[1::2])
+            ]
+            t0 = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            best = min(best, (time.perf_counter() - t0) * 1e3 / len(frames))
+    finally:
+        preprocess.spng_decode = libspng
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every camera size and write the Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,10 +146,21 @@ def main(argv: list[str] | None = None) -> int:
             f"| {width}x{height} | 1/{k} ({-(-width // k)}x{-(-height // k)}) | {r['full']:.2f} | {r['reduced']:.2f} "
             f"| {r['full'] / r['reduced']:.2f}x | {r['diff']:.2f} |"
         )
+    lines += [
+        "",
+        "| PNG frame | agent's decode (libspng) ms | OpenCV ms | ratio | pixels "
+        "| 2 threads, wall ms a frame: libspng / OpenCV |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, pngs in png_frames(args.frames).items():
+        fast, slow = measure_png(pngs)
+        both = f"{two_threads_png(pngs, True):.2f} / {two_threads_png(pngs, False):.2f}"
+        lines.append(f"| {name} | {fast:.2f} | {slow:.2f} | {slow / fast:.2f}x | equal | {both} |")
     text = "\n".join(lines) + (
         f"\n\n{args.frames} MVTec AD bottle test images enlarged to each size, in memory; prepared for a "
         f"{MODEL_SIDE} px model (stretch, area resize); one OpenCV thread; {ROUNDS} rounds, interleaved frame by "
-        f"frame, medians. {environment()} Command: `make bench-decode`.\n"
+        f"frame, medians. PNG rows: decode to RGB only; two threads: best of {ROUNDS} rounds. {environment()} "
+        "Command: `make bench-decode`.\n"
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

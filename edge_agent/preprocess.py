@@ -21,6 +21,11 @@ import numpy as np
 
 from edge_agent.errors import ImageDecodeError
 
+try:  # libspng: 8-bit PNGs in about 0.6x the time of OpenCV's libpng (bench-decode), the GIL released as OpenCV does
+    from imagecodecs import spng_decode
+except ImportError:  # pragma: no cover - a core dependency; OpenCV reads every PNG without it
+    spng_decode = None  # type: ignore[assignment]
+
 #: File name suffixes read as images (lower case), by the agent, training and the review page alike.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 ColorMode = Literal["rgb", "gray"]
@@ -89,6 +94,9 @@ def decode_image(data: bytes, name: str = "<bytes>", min_side: int | None = None
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     _check_declared_size(data, name)
+    fast = _decode_png_fast(data)
+    if fast is not None:
+        return fast
     reduction = jpeg_reduction(data, min_side)
     flags = dict(_JPEG_REDUCTIONS).get(reduction, cv2.IMREAD_UNCHANGED)
     if reduction > 1:
@@ -97,6 +105,23 @@ def decode_image(data: bytes, name: str = "<bytes>", min_side: int | None = None
     if image is None or image.size == 0:
         raise ImageDecodeError(f"{name}: not a decodable image (truncated, corrupt or unknown format)")
     return to_rgb_uint8(image, name)
+
+
+def _decode_png_fast(data: bytes) -> np.ndarray | None:
+    """An 8-bit RGB PNG decoded by libspng; None for anything else or on any libspng error.
+
+    libpng (OpenCV) decodes such a file to the same pixels, 1.2-1.4x slower (``make bench-decode``). Gray PNGs
+    decode as fast either way; palette, alpha and 16-bit PNGs and files libspng refuses go to OpenCV.
+    """
+    if spng_decode is None or data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26 or data[24:26] != b"\x08\x02":
+        return None
+    try:
+        image: np.ndarray = spng_decode(data)
+    except Exception:  # truncated or damaged: OpenCV decides, as for every other file
+        return None
+    if image.ndim != 3 or image.dtype != np.uint8 or image.shape[2] not in (3, 4):
+        return None
+    return image if image.shape[2] == 3 else np.ascontiguousarray(image[:, :, :3])  # a tRNS chunk: alpha dropped
 
 
 def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:

@@ -174,3 +174,33 @@ def test_png_and_small_jpeg_never_reduced(fixture_images, tmp_path):
     path.write_bytes(_big_jpeg(fixture_images, 512, 512))
     assert read_image(path, 128).shape == (128, 128, 3)
     assert load_prepared(path, PreprocessSpec(128, "rgb")).shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("layout", ["rgb", "gray", "rgba", "deep"])
+def test_png_decoded_by_libspng_matches_opencv(layout, fixture_images, monkeypatch):
+    """8-bit RGB PNGs take libspng; its pixels equal OpenCV's, and other PNGs still go to OpenCV."""
+    from edge_agent import preprocess
+
+    bgr = cv2.imread(str(fixture_images / "bottle_good_000.png"))
+    image = {
+        "rgb": bgr,
+        "gray": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+        "rgba": cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA),
+        "deep": bgr.astype(np.uint16) * 257 + 3,
+    }[layout]
+    data = cv2.imencode(".png", image)[1].tobytes()
+    fast = preprocess._decode_png_fast(data)
+    assert (fast is not None) == (layout == "rgb")
+    decoded = decode_image(data)
+    monkeypatch.setattr(preprocess, "spng_decode", None)
+    assert preprocess._decode_png_fast(data) is None
+    np.testing.assert_array_equal(decoded, decode_image(data))
+    assert decoded.dtype == np.uint8 and decoded.shape == (*bgr.shape[:2], 3)
+
+
+def test_png_libspng_refuses_falls_back_to_opencv(fixture_images):
+    """A PNG whose image data is cut off is refused with the file's name, whichever decoder tries first."""
+    data = (fixture_images / "bottle_good_000.png").read_bytes()
+    cut = data[:33] + data[-12:]  # signature and IHDR, then IEND: well-formed chunks, no image data
+    with pytest.raises(ImageDecodeError, match=r"cam/cut\.png"):
+        decode_image(cut, "cam/cut.png")
