@@ -84,7 +84,8 @@ def instrument(clock: StageClock) -> None:
         (inspector_module, "graph_input", "graph input (normalise + quantise, one table lookup)"),
         (inspector_module, "patch_embedding", "patch embedding (pool, concat)"),
         (inspector_module, "distance_map", "distance map (upsample, blur)"),
-        (pipeline_module, "calibrated_heatmap", "heatmap render"),
+        (pipeline_module, "calibrated_heatmap", "heatmap render (overlay formats)"),
+        (pipeline_module, "encode_map", "heatmap: stored map (levels, PNG)"),
     ]:
         setattr(module, name, clock.timed(label, getattr(module, name)))
     for cls, name, label in [
@@ -92,7 +93,7 @@ def instrument(clock: StageClock) -> None:
         (ThreadedSearch, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (ClusteredIndex, "distances", "nearest-neighbour search (float32; exact or clustered)"),
         (DefectClassifier, "probabilities", "type features + classifier softmax"),
-        (CameraPipeline, "_save_heatmap", "heatmap encode + write (JPEG)"),
+        (CameraPipeline, "_save_heatmap", "heatmap write (+ overlay encode)"),
         (CameraPipeline, "_keep_original", "original copy"),
         (Store, "record", "SQLite: verdict + outbox rows (one transaction)"),
         (Store, "has_verdict", "SQLite: already-scored check"),

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import CameraConfig
-from edge_agent.heatmap import calibrated_heatmap
+from edge_agent.heatmap import calibrated_heatmap, encode_map
 from edge_agent.inspector import InspectionResult, Inspector
 from edge_agent.records import UNSAFE_CHARS, Frame, OutboxMessage, VerdictRecord, safe_name
 
@@ -255,16 +255,21 @@ class CameraPipeline:
     def _save_heatmap(
         self, frame: Frame, image: np.ndarray, result: InspectionResult, inspector: Inspector
     ) -> str | None:
-        overlay = calibrated_heatmap(
-            shrunk(image, self.camera.heatmap_max_side), result.anomaly_map, inspector.calibration
-        )
         fmt = self.camera.heatmap_format
-        path = self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{fmt}"
-        params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+        if fmt == "map":  # the map and its scale; the review page draws the overlay when someone looks at it
+            data = encode_map(result.anomaly_map, inspector.calibration, self.camera.heatmap_max_side)
+        else:
+            overlay = calibrated_heatmap(
+                shrunk(image, self.camera.heatmap_max_side), result.anomaly_map, inspector.calibration
+            )
+            params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+            data = cv2.imencode(f".{fmt}", overlay, params)[1].tobytes()
+        path = (
+            self._day_dir("heatmaps", frame) / f"{safe_name(frame.frame_id)}.heatmap.{'png' if fmt == 'map' else fmt}"
+        )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(path), overlay, params):
-                raise OSError(f"cv2.imwrite refused {path}")
+            path.write_bytes(data)
             _date_file(path, frame)
         except OSError as err:
             log.error("camera=%s frame=%s heatmap not saved (%s); verdict kept", frame.camera, frame.frame_id, err)

@@ -1,9 +1,10 @@
 """Images for the page: originals, heatmaps, the outline of the thresholded region, and live inspection.
 
-The agent's heatmap overlays (``edge_agent.heatmap.render_heatmap``) draw the region above the pixel threshold
-as a white outline. A JET colour blended over an image never gets all three channels above 197 (0.55 * 255 +
-0.45 * 126, the largest smallest channel of the JET map), so pixels with every channel >= 220 are the outline,
-also in a JPEG heatmap; it is recovered from the saved overlay and drawn on the original.
+The agent saves either the anomaly map with its scale (``heatmap_format: map``, the default), which the page draws
+over the original here, or the overlay drawn already. Overlays (``edge_agent.heatmap.render_heatmap``) draw the
+region above the pixel threshold as a white outline. A JET colour blended over an image never gets all three
+channels above 197 (0.55 * 255 + 0.45 * 126, the largest smallest channel of the JET map), so pixels with every
+channel >= 220 are the outline, also in a JPEG heatmap; it is recovered from the overlay and drawn on the original.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from edge_agent.bundle import Bundle
 from edge_agent.errors import ImageDecodeError
-from edge_agent.heatmap import calibrated_heatmap
+from edge_agent.heatmap import calibrated_heatmap, decode_map
 from edge_agent.inspector import InspectionResult, Inspector
 from edge_agent.preprocess import decode_image, read_image
 
@@ -30,6 +31,24 @@ def load_rgb(path: Path | None) -> np.ndarray | None:
         return None
     try:
         return read_image(path)
+    except ImageDecodeError:
+        return None
+
+
+def load_heatmap(path: Path | None, original_rgb: np.ndarray | None) -> np.ndarray | None:
+    """A saved heatmap as RGB: a stored map drawn over the original (its colours alone without one), a drawn
+    overlay as it is; None when there is no path or the file is missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    stored = decode_map(data)
+    if stored is not None:
+        return cv2.cvtColor(stored.overlay(original_rgb), cv2.COLOR_BGR2RGB)
+    try:
+        return decode_image(data, str(path))
     except ImageDecodeError:
         return None
 

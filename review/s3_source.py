@@ -2,8 +2,8 @@
 
 Every agent of a fleet may mirror into the same bucket and prefix: the first folder under the prefix names the
 agent, and the review database keys verdicts by (agent, camera, frame). The agent mirrors each anomalous verdict
-as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with
-``<frame>.heatmap.jpg`` (or ``.png``) and the original (``<frame><ext>``) beside it; normal verdicts come in
+as ``<prefix><agent>/<camera>/<yyyy>/<mm>/<dd>/<frame>.json`` with ``<frame>.heatmap.png`` (the stored map, or a
+drawn overlay; ``.jpg`` for JPEG overlays) and the original (``<frame><ext>``) beside it; normal verdicts come in
 gzipped JSON-lines batches (``batch-<HHMMSS>-<hash>.jsonl.gz``, one record per line) in the same folders, or as
 single ``.json`` records when the agent runs with ``normal_verdicts: each``. A sync copies new
 records into the review's own database (``database.url``, created and migrated like the agent's) and the

@@ -18,7 +18,7 @@ from review.auth import Authenticator, User
 from review.config import ReviewConfig, load_review_config
 from review.db import ReviewStore
 from review.export import resolve
-from review.media import load_rgb
+from review.media import load_heatmap, load_rgb
 
 #: time ranges by config name: (label, hours back or None for all time)
 RANGES: dict[str, tuple[str, float | None]] = {
@@ -41,6 +41,10 @@ class Context:
     def media(self, path: str | None) -> np.ndarray | None:
         """An image or heatmap a verdict points at, as RGB (None when missing)."""
         return load_rgb(resolve(path, self.cfg.paths.media_root))
+
+    def heatmap(self, path: str | None, original_rgb: np.ndarray | None) -> np.ndarray | None:
+        """A verdict's heatmap as RGB: a stored map drawn over its original, or the overlay the agent drew."""
+        return load_heatmap(resolve(path, self.cfg.paths.media_root), original_rgb)
 
 
 @st.cache_resource(show_spinner=False)

@@ -121,8 +121,8 @@ def card(ctx: Context, row: ReviewRow, known_types: list[str]) -> None:
         where = f"agent `{row.agent}` · camera `{row.camera}`"
         st.markdown(f"**#{row.id}** · {where} · {fmt_time(row.processed_at)} · `{row.frame_id}`")
         left, middle, right = st.columns([1, 1, 1.3])
-        heatmap = ctx.media(row.heatmap_path)
         original = ctx.media(row.image_path)
+        heatmap = ctx.heatmap(row.heatmap_path, original)
         if original is not None:
             left.image(draw_outline(original, heatmap), caption="original; magenta: region above the pixel threshold")
         else:

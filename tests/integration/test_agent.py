@@ -101,7 +101,7 @@ def test_agent_end_to_end_with_outages(tmp_path, bottle_bundle, datasets_root, m
     for frame_id in late:
         stem = next(k for k in keys if k.endswith(f"{frame_id}.json"))
         assert stem.startswith("it/cam1/")
-        assert stem.replace(".json", ".heatmap.jpg") in keys
+        assert stem.replace(".json", ".heatmap.png") in keys
     assert not list(incoming.glob("*.png"))
     # normal verdicts: batched when the agent stopped (S3 back up), each in exactly one gzipped JSON-lines object
     batches = [k for k in keys if k.endswith(".jsonl.gz")]

@@ -182,7 +182,7 @@ def test_a_month_under_quota_with_s3_down(tmp_path, bottle_bundle, datasets_root
     }
     for v in anomalous:
         stem = f"month/cam1/{v.captured_at:%Y/%m/%d}/{v.frame_id}"
-        assert {f"{stem}.json", f"{stem}.heatmap.jpg", f"{stem}.png"} <= keys, v.frame_id
+        assert {f"{stem}.json", f"{stem}.heatmap.png", f"{stem}.png"} <= keys, v.frame_id
     lines = [
         json.loads(line)
         for key in keys

@@ -127,7 +127,7 @@ def test_no_secret_anywhere_after_an_end_to_end_run(
     topics = {m.topic for m in reader.received()}
     alerts = [t for t in topics if t.endswith("/alerts")]
     assert alerts and "lwsecrets/sec/availability" in topics and "lwsecrets/sec/stats" in topics, topics
-    assert any(k.endswith(".json") for k in objects) and any(k.endswith(".heatmap.jpg") for k in objects)
+    assert any(k.endswith(".json") for k in objects) and any(k.endswith(".heatmap.png") for k in objects)
     database = b"".join(p.read_bytes() for p in tmp_path.glob("agent.db*"))
     logs = caplog.text + "".join(str(r.args) for r in caplog.records)
     assert "secret read from credential s3-secret-key" in logs  # the names are logged, never the values

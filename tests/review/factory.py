@@ -12,9 +12,10 @@ import numpy as np
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from edge_agent.heatmap import render_heatmap
+from edge_agent.heatmap import encode_map, render_heatmap
 from edge_agent.preprocess import read_image
 from edge_agent.records import VerdictRecord
+from edge_agent.scoring import Calibration
 from edge_agent.store import Store
 from review.auth import MIN_ITERATIONS, hash_password
 
@@ -83,8 +84,9 @@ def record(
     )
 
 
-def alarm_media(source: Path, folder: Path) -> tuple[str, str]:
-    """Copy a real image and save a heatmap of it the way the agent does (JPEG overlay, white outline)."""
+def alarm_media(source: Path, folder: Path, stored_map: bool = True) -> tuple[str, str]:
+    """Copy a real image and save a heatmap of it the way the agent does: the stored map (its default), or a JPEG
+    overlay with a white outline (``heatmap_format: jpg``)."""
     folder.mkdir(parents=True, exist_ok=True)
     image_path = folder / source.name
     shutil.copyfile(source, image_path)
@@ -94,6 +96,21 @@ def alarm_media(source: Path, folder: Path) -> tuple[str, str]:
     amap = (5.0 + 20.0 * np.exp(-((yy - h * 0.4) ** 2 + (xx - w * 0.6) ** 2) / (2 * (0.08 * w) ** 2))).astype(
         np.float32
     )
+    if stored_map:  # blue at 5, red at 1.5 x 10 = 15, outline at 12: as the overlay below
+        calibration = Calibration(
+            threshold=10.0,
+            center=5.0,
+            pixel_threshold=12.0,
+            method="test",
+            n_validation=20,
+            false_alarm_rate=None,
+            false_alarm_bound=None,
+            n_normal=None,
+            note=None,
+        )
+        heatmap_path = folder / f"{source.stem}.heatmap.png"
+        heatmap_path.write_bytes(encode_map(cv2.resize(amap, (w // 2, h // 2)), calibration, 1024))
+        return str(image_path), str(heatmap_path)
     overlay = render_heatmap(image, amap, 5.0, 15.0, predicted_mask=amap >= 12.0)
     heatmap_path = folder / f"{source.stem}.heatmap.jpg"
     cv2.imwrite(str(heatmap_path), overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -119,7 +136,7 @@ def fill_queue_db(db_path: Path, datasets_root: Path, media: Path) -> dict[str, 
             ("cam2", test_dir / "good" / "000.png", 11.0, None, 4),  # a false alarm to be
         ]
         for camera, path, score, kind, hours in alarms:
-            image, heatmap = alarm_media(path, media / camera / path.parent.name)
+            image, heatmap = alarm_media(path, media / camera / path.parent.name, stored_map=camera == "cam1")
             at, line = now - timedelta(hours=hours), LINES[camera]
             rec = record(camera, f"{path.parent.name}_{path.name}", at, score, defect_type=kind, agent=line)
             ids[camera].append(store.record(replace(rec, image_path=image, heatmap_path=heatmap), [])[0])

@@ -184,6 +184,7 @@ def test_browser_login_pages_and_feedback_end_to_end(agent_run, served):
             open_page("Review queue", "Review queue")
             card = page.locator(f".st-key-card_{vid}")
             expect(card.locator("img").first).to_be_visible()
+            expect(card.locator("img")).to_have_count(2)  # the original and the heatmap drawn from the stored map
             shot("03-review-queue", 2600)
             card.get_by_text("confirmed defect", exact=True).click()
             card.get_by_test_id("stSelectbox").click()
