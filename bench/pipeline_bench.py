@@ -54,7 +54,7 @@ def _config(
                     "source": {
                         "type": "folder",
                         "path": str(incoming),
-                        "after": "keep",
+                        "after": "move",  # the default: scored files go to done/
                         "stable_seconds": 0.0,
                         "max_pending": 64,
                     },
@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         "CPU: process CPU time (every thread: scoring, delivery, the bench's renames into the watched folder) per "
         "frame, until the outbox is empty for the folder rows; the S3 server (moto, Python, on the same 2 cores) "
         "separately. The folder rows write their files to a staging folder before the clock starts (the camera's "
-        "work; until 2026-12-07 the copies ran inside the measurement, about 1 ms of CPU a frame). "
+        "work; until 2026-12-07 the copies ran inside the measurement, about 1 ms of CPU a frame), and the camera "
+        "moves scored files to done/ (its default; the bench kept them in place until 2026-12-07), so originals are "
+        "kept as links. "
         "Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)

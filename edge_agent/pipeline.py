@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.config import CameraConfig
+from edge_agent.config import CameraConfig, FolderSourceConfig
 from edge_agent.heatmap import calibrated_heatmap, encode_map
 from edge_agent.inspector import InspectionResult, Inspector
 from edge_agent.records import UNSAFE_CHARS, Frame, OutboxMessage, VerdictRecord, safe_name
@@ -189,6 +190,9 @@ class CameraPipeline:
         self.on_outbox = on_outbox or (lambda: None)
         self.active = ActiveModel.of(inspector, camera)
         self.lock = threading.Lock()
+        # a folder camera that moves or deletes scored files leaves the kept original the only other name
+        source = camera.source
+        self.link_originals = isinstance(source, FolderSourceConfig) and source.after != "keep"
 
     def process(self, frame: Frame, image: np.ndarray) -> VerdictRecord | None:
         """Score one decoded frame and store its verdict; returns None if it was already scored."""
@@ -276,8 +280,26 @@ class CameraPipeline:
             return None
         return str(path)
 
+    def _link_or_copy(self, source: str, target: Path, linkable: bool) -> None:
+        """A hard link to ``source`` where the camera's folder moves or deletes scored files: no second copy on
+        disk, no new inode (0.9 ms of kernel CPU on the bench machine's ext4); a copy where the scored file stays
+        in the camera's folder (the camera may write it again), across file systems, or where linking is refused
+        (``fs.protected_hardlinks`` and a file the agent may only read). Only the folder source's own files are
+        ``linkable``: a replayed file belongs to someone else."""
+        if linkable and self.link_originals:
+            try:
+                target.unlink(missing_ok=True)
+                os.link(source, target, follow_symlinks=False)
+                if stat.S_ISREG(os.lstat(target).st_mode):
+                    return
+                target.unlink()  # the name had become a link: copy what it points at, as before
+            except OSError:
+                pass
+        shutil.copyfile(source, target)
+
     def _keep_original(self, frame: Frame, image: np.ndarray) -> str | None:
-        """Copy of the original image of an anomalous frame (the source may move or delete its file)."""
+        """The original image of an anomalous frame, kept under ``data_dir`` (the source may move or delete its
+        file): a hard link or a copy (:meth:`_link_or_copy`), or a JPEG of a stream frame."""
         folder = self._day_dir("images", frame)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -285,7 +307,7 @@ class CameraPipeline:
                 name = safe_name(frame.frame_id)
                 suffix = UNSAFE_CHARS.sub("_", Path(frame.image_path).suffix.lower())[:8]
                 target = folder / (name if name.lower().endswith(suffix) else f"{name}{suffix}")
-                shutil.copyfile(frame.image_path, target)
+                self._link_or_copy(frame.image_path, target, linkable=frame.source == "folder")
             else:
                 target = folder / f"{safe_name(frame.frame_id)}.jpg"
                 if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
