@@ -282,18 +282,20 @@ def measurements(
 def table(rows: list[Measurement], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Markdown rows: medians over the rounds; the ratio is the median of each round's ratio to its baseline."""
     lines = [
-        "| run | frames a round | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps) "
+        "| run | frames a round | frames/s | p50 ms | p99 ms | ratio to scoring alone with as many threads (fps; "
+        "median, rounds' range) "
         "| CPU ms a frame: bench process / S3 server |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, _, base in rows:
         got = runs[name]
-        ratio = np.median([r["fps"] / b["fps"] for r, b in zip(got, runs[base], strict=True)])
+        ratios = [r["fps"] / b["fps"] for r, b in zip(got, runs[base], strict=True)]
+        ratio = f"{np.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})" if name != base else "1.00"
         fps, p50, p99, cpu, server = (
             float(np.median([r[k] for r in got])) for k in ("fps", "p50_ms", "p99_ms", "cpu_ms", "server_cpu_ms")
         )
         cpus = f"{cpu:.1f} / {server:.1f}" if server else f"{cpu:.1f}"
-        lines.append(f"| {name} | {got[0]['frames']} | {fps:.1f} | {p50:.1f} | {p99:.1f} | {ratio:.2f} | {cpus} |")
+        lines.append(f"| {name} | {got[0]['frames']} | {fps:.1f} | {p50:.1f} | {p99:.1f} | {ratio} | {cpus} |")
     return lines
 
 
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
     paths = sorted(args.images.rglob("*.png"))
     good = [path for path in paths if path.parent.name == "good"]
-    with mosquitto() as port, moto_service() as s3:
+    with mosquitto() as port, moto_service(keep_alive=True) as s3:
         pid = s3.proc.pid if s3.proc is not None else None
         rows = measurements(args.bundle, paths, good, args.repeats, args.good_repeats, port, s3.endpoint_url, pid)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in rows}
@@ -333,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{replayed_s3['drain_after_s']:.1f} s after the last frame. "
         "Latency: per frame of the whole pipeline for replay rows, of scoring (Inspector) for the folder rows. "
         "CPU: process CPU time (every thread: scoring, delivery, the bench's renames into the watched folder) per "
-        "frame, until the outbox is empty for the folder rows; the S3 server (moto, Python, on the same 2 cores) "
-        "separately. The folder rows write their files to a staging folder before the clock starts (the camera's "
-        "work; until 2026-12-07 the copies ran inside the measurement, about 1 ms of CPU a frame), and the camera "
-        "moves scored files to done/ (its default; the bench kept them in place until 2026-12-07), so originals are "
-        "kept as links. "
+        "frame, until the outbox is empty for the folder rows; the S3 server separately: moto's S3 application "
+        "(Python) on the same 2 cores, served with HTTP keep-alive by waitress (`bench/s3_server.py`; since "
+        "2026-12-07: `moto_server` closes the connection after every request, AWS and MinIO do not). The folder "
+        "rows write their files to a staging folder before the clock starts (the camera's work; until 2026-12-07 the "
+        "copies ran inside the measurement, about 1 ms of CPU a frame), and the camera moves scored files to done/ "
+        "(its default; the bench kept them in place until 2026-12-07), so originals are kept as links. "
         "Command: `make bench-pipeline`.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
