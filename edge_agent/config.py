@@ -83,7 +83,7 @@ class CameraConfig(StrictModel):
     heatmap_format: Literal["map", "jpg", "png"] = Field(
         default="map",
         description="map: the anomaly map as a small grey PNG with its scale in it, drawn over the original by the "
-        "review page (about 0.3 ms a frame); jpg/png: the overlay drawn on the frame by the agent (2-4 ms)",
+        "review page (about 0.5 ms a frame); jpg/png: the overlay drawn on the frame by the agent (2-4 ms)",
     )
     heatmap_max_side: int = Field(
         default=1024,

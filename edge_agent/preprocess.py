@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_agent.errors import ImageDecodeError
 
-try:  # libspng: 8-bit PNGs in about 0.6x the time of OpenCV's libpng (bench-decode), the GIL released as OpenCV does
+try:  # libspng: 8-bit RGB PNGs in 0.7x the time of OpenCV's libpng (bench-decode), the GIL released as OpenCV does
     from imagecodecs import spng_decode
 except ImportError:  # pragma: no cover - a core dependency; OpenCV reads every PNG without it
     spng_decode = None  # type: ignore[assignment]
@@ -110,7 +110,7 @@ def decode_image(data: bytes, name: str = "<bytes>", min_side: int | None = None
 def _decode_png_fast(data: bytes) -> np.ndarray | None:
     """An 8-bit RGB PNG decoded by libspng; None for anything else or on any libspng error.
 
-    libpng (OpenCV) decodes such a file to the same pixels, 1.2-1.4x slower (``make bench-decode``). Gray PNGs
+    libpng (OpenCV) decodes such a file to the same pixels, 1.2-1.5x slower (``make bench-decode``). Gray PNGs
     decode as fast either way; palette, alpha and 16-bit PNGs and files libspng refuses go to OpenCV.
     """
     if spng_decode is None or data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26 or data[24:26] != b"\x08\x02":
