@@ -26,6 +26,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.scoring import Calibration
+
 MOSQUITTO = os.environ.get("LINEWATCH_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -224,6 +226,21 @@ class MotoS3Service(Service):
 def moto_binary() -> str | None:
     beside = Path(sys.executable).with_name("moto_server")
     return str(beside) if beside.exists() else shutil.which("moto_server")
+
+
+def fixed_calibration(center: float, threshold: float, pixel_threshold: float) -> Calibration:
+    """A scorer calibration with these three values (the rest empty), for maps drawn or stored without a bundle."""
+    return Calibration(
+        threshold=threshold,
+        center=center,
+        pixel_threshold=pixel_threshold,
+        method="test",
+        n_validation=20,
+        false_alarm_rate=None,
+        false_alarm_bound=None,
+        n_normal=None,
+        note=None,
+    )
 
 
 def variant(source: Path, target: Path, version: str, threshold_factor: float = 1.0) -> Path:

@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 from edge_agent.heatmap import encode_map, render_heatmap
 from edge_agent.preprocess import read_image
 from edge_agent.records import VerdictRecord
-from edge_agent.scoring import Calibration
 from edge_agent.store import Store
 from review.auth import MIN_ITERATIONS, hash_password
+from tests.harness import fixed_calibration
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "review" / "app.py"
@@ -97,17 +97,7 @@ def alarm_media(source: Path, folder: Path, stored_map: bool = True) -> tuple[st
         np.float32
     )
     if stored_map:  # blue at 5, red at 1.5 x 10 = 15, outline at 12: as the overlay below
-        calibration = Calibration(
-            threshold=10.0,
-            center=5.0,
-            pixel_threshold=12.0,
-            method="test",
-            n_validation=20,
-            false_alarm_rate=None,
-            false_alarm_bound=None,
-            n_normal=None,
-            note=None,
-        )
+        calibration = fixed_calibration(center=5.0, threshold=10.0, pixel_threshold=12.0)
         heatmap_path = folder / f"{source.stem}.heatmap.png"
         heatmap_path.write_bytes(encode_map(cv2.resize(amap, (w // 2, h // 2)), calibration, 1024))
         return str(image_path), str(heatmap_path)

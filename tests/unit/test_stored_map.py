@@ -7,20 +7,11 @@ import numpy as np
 
 from edge_agent.heatmap import MAP_KEYWORD, decode_map, encode_map
 from edge_agent.scoring import Calibration
+from tests.harness import fixed_calibration
 
 
 def _calibration(center: float = 2.0, threshold: float = 6.0, pixel_threshold: float = 5.0) -> Calibration:
-    return Calibration(
-        threshold=threshold,
-        center=center,
-        pixel_threshold=pixel_threshold,
-        method="test",
-        n_validation=20,
-        false_alarm_rate=None,
-        false_alarm_bound=None,
-        n_normal=None,
-        note=None,
-    )
+    return fixed_calibration(center, threshold, pixel_threshold)
 
 
 def _blob_map(side: int = 320) -> np.ndarray:
